@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)] // generated code
+
+pub mod order {
+    pub mod v1 {
+        tonic::include_proto!("orderflow.order.v1");
+    }
+}
+
+/// Every message and service of every package, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("orderflow_descriptor");

@@ -1,0 +1,274 @@
+#![doc = include_str!("../README.md")]
+
+use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
+
+/// Where configuration strings come from.
+pub trait Source: Send + Sync {
+    /// The value of `key`, or `None` when it is unset or empty.
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, key: &str) -> Option<String> {
+        // A non-UTF-8 value is passed on lossily so that parsing rejects it
+        // with an error that names the variable.
+        let value = std::env::var_os(key)?;
+        let value = value.to_string_lossy().into_owned();
+        (!value.is_empty()).then_some(value)
+    }
+}
+
+impl Source for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key)
+            .filter(|v| !v.is_empty())
+            .map(|v| (*v).to_owned())
+    }
+}
+
+impl Source for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).filter(|v| !v.is_empty()).cloned()
+    }
+}
+
+/// A configuration value that is missing or cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{key} is required")]
+    Missing { key: &'static str },
+    #[error("{key}={value:?} is not valid: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// `key` parsed as `T`, or `default` when unset.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] when the value does not parse.
+pub fn parsed_or<T>(src: &dyn Source, key: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    match src.get(key) {
+        None => Ok(default),
+        Some(value) => parse(key, value),
+    }
+}
+
+/// `key` parsed as `T`; unset is an error.
+///
+/// # Errors
+/// [`ConfigError::Missing`] when unset, [`ConfigError::Invalid`] when it does not parse.
+pub fn required<T>(src: &dyn Source, key: &'static str) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    let value = src.get(key).ok_or(ConfigError::Missing { key })?;
+    parse(key, value)
+}
+
+/// `key` as a string, or `default` when unset.
+pub fn string_or(src: &dyn Source, key: &'static str, default: &str) -> String {
+    src.get(key).unwrap_or_else(|| default.to_owned())
+}
+
+/// `key` as a duration with a unit (`250ms`, `5s`, `2m`, `1h`), or `default`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] when the value has no known unit or is not a number.
+pub fn duration_or(
+    src: &dyn Source,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match src.get(key) {
+        None => Ok(default),
+        Some(value) => parse_duration(&value).map_err(|reason| ConfigError::Invalid {
+            key,
+            value,
+            reason: reason.to_owned(),
+        }),
+    }
+}
+
+/// `key` parsed as `T` and checked against a range.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] when the value does not parse or lies outside `range`.
+pub fn in_range_or<T>(
+    src: &dyn Source,
+    key: &'static str,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + Display + Copy,
+    T::Err: Display,
+{
+    let value = parsed_or(src, key, default)?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Invalid {
+            key,
+            value: value.to_string(),
+            reason: format!("must be between {} and {}", range.start(), range.end()),
+        })
+    }
+}
+
+fn parse<T>(key: &'static str, value: String) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+        key,
+        reason: e.to_string(),
+        value,
+    })
+}
+
+fn parse_duration(value: &str) -> Result<Duration, &'static str> {
+    const EXPECTED: &str = "expected a number with a unit: ms, s, m or h (e.g. 5s)";
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or(EXPECTED)?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number.parse().map_err(|_| EXPECTED)?;
+    let millis = match unit.trim() {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        "h" => number.checked_mul(3_600_000),
+        _ => return Err(EXPECTED),
+    };
+    millis.map(Duration::from_millis).ok_or("too large")
+}
+
+/// What every gRPC service reads. See the crate README for the variables.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub grpc_addr: SocketAddr,
+    pub database_url: String,
+    pub pool_size: usize,
+    pub pool_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// A service's local defaults, from the table in DESIGN.md.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceDefaults {
+    pub grpc_addr: &'static str,
+    pub database: &'static str,
+}
+
+pub const DEFAULT_POOL_SIZE: usize = 16;
+pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
+
+impl ServiceConfig {
+    /// # Errors
+    /// The first variable that is set but cannot be used.
+    pub fn from_source(src: &dyn Source, defaults: ServiceDefaults) -> Result<Self, ConfigError> {
+        let default_addr: SocketAddr = defaults.grpc_addr.parse().map_err(|e: std::net::AddrParseError| {
+            ConfigError::Invalid {
+                key: "GRPC_LISTEN_ADDR",
+                value: defaults.grpc_addr.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Self {
+            grpc_addr: parsed_or(src, "GRPC_LISTEN_ADDR", default_addr)?,
+            database_url: string_or(
+                src,
+                "DATABASE_URL",
+                &format!("postgres://postgres@127.0.0.1:5432/{}", defaults.database),
+            ),
+            pool_size: in_range_or(src, "DATABASE_POOL_SIZE", DEFAULT_POOL_SIZE, 1..=1000)?,
+            pool_timeout: duration_or(src, "DATABASE_POOL_TIMEOUT", DEFAULT_POOL_TIMEOUT)?,
+            statement_timeout: duration_or(
+                src,
+                "DATABASE_STATEMENT_TIMEOUT",
+                DEFAULT_STATEMENT_TIMEOUT,
+            )?,
+            shutdown_grace: duration_or(src, "SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEFAULTS: ServiceDefaults = ServiceDefaults {
+        grpc_addr: "127.0.0.1:50051",
+        database: "orderflow_order",
+    };
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let cfg = ServiceConfig::from_source(&HashMap::<&str, &str>::new(), DEFAULTS).unwrap();
+        assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(cfg.database_url, "postgres://postgres@127.0.0.1:5432/orderflow_order");
+        assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
+    }
+
+    #[test]
+    fn an_invalid_value_names_the_variable() {
+        let src = HashMap::from([("DATABASE_POOL_SIZE", "many")]);
+        let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
+        assert!(err.to_string().starts_with("DATABASE_POOL_SIZE=\"many\" is not valid"), "{err}");
+
+        let src = HashMap::from([("GRPC_LISTEN_ADDR", "localhost")]);
+        let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
+        assert!(err.to_string().starts_with("GRPC_LISTEN_ADDR="), "{err}");
+
+        let src = HashMap::from([("DATABASE_POOL_SIZE", "0")]);
+        let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
+        assert_eq!(err.to_string(), "DATABASE_POOL_SIZE=\"0\" is not valid: must be between 1 and 1000");
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+        let src = HashMap::from([("SHUTDOWN_GRACE_PERIOD", "soon")]);
+        let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
+        assert!(err.to_string().starts_with("SHUTDOWN_GRACE_PERIOD=\"soon\""), "{err}");
+    }
+
+    #[test]
+    fn empty_means_unset() {
+        let src = HashMap::from([("DATABASE_URL", "")]);
+        let cfg = ServiceConfig::from_source(&src, DEFAULTS).unwrap();
+        assert!(cfg.database_url.ends_with("/orderflow_order"));
+    }
+
+    #[test]
+    fn required_reports_a_missing_variable() {
+        let src = HashMap::<&str, &str>::new();
+        assert_eq!(
+            required::<u16>(&src, "PORT").unwrap_err(),
+            ConfigError::Missing { key: "PORT" }
+        );
+    }
+}

@@ -1,0 +1,169 @@
+#![doc = include_str!("../README.md")]
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::{
+    ConnectionError,
+    migration::{Migration, MigrationSource},
+    pg::Pg,
+};
+use diesel_async::{
+    AsyncConnection, AsyncPgConnection, RunQueryDsl,
+    pooled_connection::{AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod, deadpool},
+};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+pub use diesel_async::AsyncPgConnection as PgConnection;
+
+pub type Pool = deadpool::Pool<AsyncPgConnection>;
+pub type PooledConnection = deadpool::Object<AsyncPgConnection>;
+pub type PoolError = deadpool::PoolError;
+
+/// The outbox and inbox tables and the outbox NOTIFY trigger.
+pub static COMMON_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../../migrations/common");
+
+/// How to reach one service database.
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub url: String,
+    pub max_size: usize,
+    pub wait_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub application_name: String,
+}
+
+/// A lazily connecting pool.
+///
+/// # Errors
+/// When the pool cannot be built (invalid settings); connecting happens later.
+pub fn build_pool(config: &PoolConfig) -> anyhow::Result<Pool> {
+    let settings = format!(
+        "SET application_name = '{}'; SET statement_timeout = {}",
+        config.application_name.replace('\'', ""),
+        config.statement_timeout.as_millis()
+    );
+    let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
+    // `Fast` skips a `SELECT 1` round trip per checkout; closed connections
+    // are still detected (`is_closed`) and replaced.
+    manager_config.recycling_method = RecyclingMethod::Fast;
+    manager_config.custom_setup = Box::new(move |url| {
+        let settings = settings.clone();
+        Box::pin(async move {
+            let mut conn = AsyncPgConnection::establish(url).await?;
+            diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &settings)
+                .await
+                .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    let manager =
+        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&config.url, manager_config);
+    deadpool::Pool::builder(manager)
+        .max_size(config.max_size)
+        .wait_timeout(Some(config.wait_timeout))
+        .create_timeout(Some(config.wait_timeout))
+        .runtime(::deadpool::Runtime::Tokio1)
+        .build()
+        .context("failed to build the database pool")
+}
+
+/// The common migrations followed by one service's own. Versions in the two
+/// folders must never collide: both record into `__diesel_schema_migrations`.
+#[derive(Clone, Copy)]
+pub struct ServiceMigrations {
+    pub service: &'static EmbeddedMigrations,
+}
+
+impl MigrationSource<Pg> for ServiceMigrations {
+    fn migrations(&self) -> diesel::migration::Result<Vec<Box<dyn Migration<Pg>>>> {
+        let mut all = MigrationSource::<Pg>::migrations(&COMMON_MIGRATIONS)?;
+        all.extend(MigrationSource::<Pg>::migrations(self.service)?);
+        Ok(all)
+    }
+}
+
+/// Arbitrary but fixed: the advisory lock that serialises migration runs.
+const MIGRATION_LOCK_KEY: i64 = 0x6f72_6465_7266_6c6f; // "orderflo"
+
+/// Applies the pending migrations and returns their names.
+///
+/// Needs the multi-thread runtime (the harness blocks in place).
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails; a failed
+/// migration is rolled back.
+pub async fn run_migrations(url: &str, migrations: ServiceMigrations) -> anyhow::Result<Vec<String>> {
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| format!("failed to connect to {}", redact(url)))?;
+    // Session lock: released when the connection closes, even on a crash.
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+        .execute(&mut conn)
+        .await
+        .context("failed to take the migration lock")?;
+    let applied = tokio::task::spawn_blocking(move || {
+        let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        harness
+            .run_pending_migrations(migrations)
+            .map(|versions| versions.iter().map(ToString::to_string).collect::<Vec<_>>())
+            .map_err(|e| anyhow::anyhow!("migration failed: {e}"))
+    })
+    .await
+    .context("migration task panicked")??;
+    Ok(applied)
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Is this error a lost or unreachable database rather than a bad query?
+pub fn is_unavailable(err: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error};
+    match err {
+        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(_, info) => {
+            // query_canceled (statement_timeout), admin_shutdown, crash_shutdown,
+            // cannot_connect_now, too_many_connections
+            matches!(
+                info.message(),
+                m if m.contains("statement timeout")
+                    || m.contains("terminating connection")
+                    || m.contains("the database system is")
+                    || m.contains("too many clients")
+            )
+        }
+        Error::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact("not a url"), "not a url");
+    }
+
+    #[test]
+    fn common_migrations_come_first() {
+        let m = ServiceMigrations { service: &COMMON_MIGRATIONS };
+        let names: Vec<_> = m.migrations().unwrap().iter().map(|m| m.name().to_string()).collect();
+        assert!(names[0].contains("outbox_inbox"), "{names:?}");
+    }
+}

@@ -1,0 +1,158 @@
+#![doc = include_str!("../README.md")]
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use opentelemetry::{
+    Context, global,
+    propagation::{Extractor, Injector},
+    trace::TracerProvider as _,
+};
+use opentelemetry_sdk::{
+    Resource,
+    propagation::TraceContextPropagator,
+    trace::{Sampler, SdkTracerProvider},
+};
+use orderflow_config::Source;
+use serde::{Deserialize, Serialize};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+
+/// Flushes pending spans when dropped; keep it alive for the whole `main`.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        // Nothing useful can be done about a failed flush at exit.
+        let _ = self.provider.shutdown();
+    }
+}
+
+/// Installs the global subscriber for a binary named `service`.
+///
+/// # Errors
+/// When the OTLP exporter cannot be built or a subscriber is already set.
+pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<TelemetryGuard> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let exporting = src.get("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || src.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    let mut resource = Resource::builder();
+    if src.get("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service);
+    }
+    let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    if exporting {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .context("failed to build the OTLP span exporter")?;
+        provider = provider.with_batch_exporter(exporter);
+    } else {
+        // Nothing is exported, so record nothing; span contexts still get
+        // ids and an incoming trace id is still passed on.
+        provider = provider.with_sampler(Sampler::AlwaysOff);
+    }
+    let provider = provider.build();
+    global::set_tracer_provider(provider.clone());
+    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+
+    let filter = EnvFilter::try_new(src.get("RUST_LOG").unwrap_or_else(|| "info".to_owned()))
+        .context("RUST_LOG is not a valid filter")?;
+    let json = src.get("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let fmt = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().compact().boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("failed to install the tracing subscriber")?;
+    Ok(TelemetryGuard { provider })
+}
+
+/// For tests: logs to the test writer, `RUST_LOG` or `warn`; idempotent.
+pub fn init_for_tests() {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .try_init();
+}
+
+/// W3C trace context (`traceparent`, `tracestate`) as a string map: the
+/// shape of `outbox.headers` and of the AMQP headers the relay sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TraceHeaders(pub BTreeMap<String, String>);
+
+impl TraceHeaders {
+    /// The context of the current `tracing` span.
+    pub fn capture() -> Self {
+        Self::from_context(&tracing::Span::current().context())
+    }
+
+    pub fn from_context(cx: &Context) -> Self {
+        let mut headers = Self::default();
+        global::get_text_map_propagator(|p| p.inject_context(cx, &mut headers));
+        headers
+    }
+
+    /// The context these headers describe (empty when there are none).
+    pub fn to_context(&self) -> Context {
+        global::get_text_map_propagator(|p| p.extract(self))
+    }
+}
+
+impl Injector for TraceHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key.to_owned(), value);
+    }
+}
+
+impl Extractor for TraceHeaders {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Makes `span` a child of the trace context in `carrier` (for example the
+/// metadata of an incoming request). A carrier without a valid context
+/// leaves the span a root.
+pub fn set_parent_from(span: &tracing::Span, carrier: &dyn Extractor) {
+    let cx = global::get_text_map_propagator(|p| p.extract(carrier));
+    let _ = span.set_parent(cx);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_headers_round_trip_a_context() {
+        global::set_text_map_propagator(TraceContextPropagator::new());
+        let mut incoming = TraceHeaders::default();
+        incoming.0.insert(
+            "traceparent".into(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        );
+        let cx = incoming.to_context();
+        let out = TraceHeaders::from_context(&cx);
+        assert_eq!(out, incoming);
+    }
+}
