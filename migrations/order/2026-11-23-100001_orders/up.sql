@@ -9,10 +9,11 @@ CREATE TABLE orders (
     -- different request is refused instead of silently returning this order.
     request_hash    bytea       NOT NULL,
     customer_id     uuid        NOT NULL,
+    customer_email  text        NOT NULL CHECK (char_length(customer_email) BETWEEN 3 AND 254),
     status          text        NOT NULL CHECK (status IN ('PENDING', 'CONFIRMED', 'CANCELLED')),
     -- Why an order was cancelled; set exactly when status = 'CANCELLED'.
     cancel_reason   text        CHECK ((status = 'CANCELLED') = (cancel_reason IS NOT NULL)),
-    currency        char(3)     NOT NULL,
+    currency        text        NOT NULL CHECK (currency ~ '^[A-Z]{3}$'),
     total_minor     bigint      NOT NULL CHECK (total_minor >= 0),
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now()

@@ -133,19 +133,20 @@ where
     T: FromStr,
     T::Err: Display,
 {
-    value.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
-        key,
-        reason: e.to_string(),
-        value,
-    })
+    value
+        .trim()
+        .parse()
+        .map_err(|e: T::Err| ConfigError::Invalid {
+            key,
+            reason: e.to_string(),
+            value,
+        })
 }
 
 fn parse_duration(value: &str) -> Result<Duration, &'static str> {
     const EXPECTED: &str = "expected a number with a unit: ms, s, m or h (e.g. 5s)";
     let value = value.trim();
-    let split = value
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or(EXPECTED)?;
+    let split = value.find(|c: char| !c.is_ascii_digit()).ok_or(EXPECTED)?;
     let (number, unit) = value.split_at(split);
     let number: u64 = number.parse().map_err(|_| EXPECTED)?;
     let millis = match unit.trim() {
@@ -185,13 +186,15 @@ impl ServiceConfig {
     /// # Errors
     /// The first variable that is set but cannot be used.
     pub fn from_source(src: &dyn Source, defaults: ServiceDefaults) -> Result<Self, ConfigError> {
-        let default_addr: SocketAddr = defaults.grpc_addr.parse().map_err(|e: std::net::AddrParseError| {
-            ConfigError::Invalid {
-                key: "GRPC_LISTEN_ADDR",
-                value: defaults.grpc_addr.to_owned(),
-                reason: e.to_string(),
-            }
-        })?;
+        let default_addr: SocketAddr =
+            defaults
+                .grpc_addr
+                .parse()
+                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
+                    key: "GRPC_LISTEN_ADDR",
+                    value: defaults.grpc_addr.to_owned(),
+                    reason: e.to_string(),
+                })?;
         Ok(Self {
             grpc_addr: parsed_or(src, "GRPC_LISTEN_ADDR", default_addr)?,
             database_url: string_or(
@@ -224,7 +227,10 @@ mod tests {
     fn defaults_need_no_variables() {
         let cfg = ServiceConfig::from_source(&HashMap::<&str, &str>::new(), DEFAULTS).unwrap();
         assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:50051");
-        assert_eq!(cfg.database_url, "postgres://postgres@127.0.0.1:5432/orderflow_order");
+        assert_eq!(
+            cfg.database_url,
+            "postgres://postgres@127.0.0.1:5432/orderflow_order"
+        );
         assert_eq!(cfg.pool_size, DEFAULT_POOL_SIZE);
     }
 
@@ -232,7 +238,11 @@ mod tests {
     fn an_invalid_value_names_the_variable() {
         let src = HashMap::from([("DATABASE_POOL_SIZE", "many")]);
         let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
-        assert!(err.to_string().starts_with("DATABASE_POOL_SIZE=\"many\" is not valid"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("DATABASE_POOL_SIZE=\"many\" is not valid"),
+            "{err}"
+        );
 
         let src = HashMap::from([("GRPC_LISTEN_ADDR", "localhost")]);
         let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
@@ -240,7 +250,10 @@ mod tests {
 
         let src = HashMap::from([("DATABASE_POOL_SIZE", "0")]);
         let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
-        assert_eq!(err.to_string(), "DATABASE_POOL_SIZE=\"0\" is not valid: must be between 1 and 1000");
+        assert_eq!(
+            err.to_string(),
+            "DATABASE_POOL_SIZE=\"0\" is not valid: must be between 1 and 1000"
+        );
     }
 
     #[test]
@@ -253,7 +266,11 @@ mod tests {
         assert!(parse_duration("99999999999999999999h").is_err());
         let src = HashMap::from([("SHUTDOWN_GRACE_PERIOD", "soon")]);
         let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
-        assert!(err.to_string().starts_with("SHUTDOWN_GRACE_PERIOD=\"soon\""), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("SHUTDOWN_GRACE_PERIOD=\"soon\""),
+            "{err}"
+        );
     }
 
     #[test]

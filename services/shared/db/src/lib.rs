@@ -57,8 +57,10 @@ pub fn build_pool(config: &PoolConfig) -> anyhow::Result<Pool> {
             Ok(conn)
         })
     });
-    let manager =
-        AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(&config.url, manager_config);
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(
+        &config.url,
+        manager_config,
+    );
     deadpool::Pool::builder(manager)
         .max_size(config.max_size)
         .wait_timeout(Some(config.wait_timeout))
@@ -93,7 +95,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x6f72_6465_7266_6c6f; // "orderflo"
 /// # Errors
 /// When the database cannot be reached or a migration fails; a failed
 /// migration is rolled back.
-pub async fn run_migrations(url: &str, migrations: ServiceMigrations) -> anyhow::Result<Vec<String>> {
+pub async fn run_migrations(
+    url: &str,
+    migrations: ServiceMigrations,
+) -> anyhow::Result<Vec<String>> {
     let mut conn = AsyncPgConnection::establish(url)
         .await
         .with_context(|| format!("failed to connect to {}", redact(url)))?;
@@ -114,6 +119,28 @@ pub async fn run_migrations(url: &str, migrations: ServiceMigrations) -> anyhow:
     Ok(applied)
 }
 
+/// The names of the migrations not yet applied to the database at `url`.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn pending_migrations(
+    url: &str,
+    migrations: ServiceMigrations,
+) -> anyhow::Result<Vec<String>> {
+    let conn = AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| format!("failed to connect to {}", redact(url)))?;
+    tokio::task::spawn_blocking(move || {
+        let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+        harness
+            .pending_migrations(migrations)
+            .map(|pending| pending.iter().map(|m| m.name().to_string()).collect())
+            .map_err(|e| anyhow::anyhow!("cannot read the applied migrations: {e}"))
+    })
+    .await
+    .context("migration check panicked")?
+}
+
 /// The URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -132,7 +159,10 @@ pub fn redact(url: &str) -> String {
 pub fn is_unavailable(err: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match err {
-        Error::DatabaseError(DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure, _) => true,
+        Error::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure,
+            _,
+        ) => true,
         Error::DatabaseError(_, info) => {
             // query_canceled (statement_timeout), admin_shutdown, crash_shutdown,
             // cannot_connect_now, too_many_connections
@@ -155,15 +185,25 @@ mod tests {
 
     #[test]
     fn redact_hides_only_the_password() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(
+            redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
         assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
         assert_eq!(redact("not a url"), "not a url");
     }
 
     #[test]
     fn common_migrations_come_first() {
-        let m = ServiceMigrations { service: &COMMON_MIGRATIONS };
-        let names: Vec<_> = m.migrations().unwrap().iter().map(|m| m.name().to_string()).collect();
+        let m = ServiceMigrations {
+            service: &COMMON_MIGRATIONS,
+        };
+        let names: Vec<_> = m
+            .migrations()
+            .unwrap()
+            .iter()
+            .map(|m| m.name().to_string())
+            .collect();
         assert!(names[0].contains("outbox_inbox"), "{names:?}");
     }
 }

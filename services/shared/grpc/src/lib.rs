@@ -55,6 +55,8 @@ impl GrpcServer {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(orderflow_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc error details, so grpcurl can print BadRequest & co.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
         let router = Server::builder()
             .trace_fn(request_span)
@@ -74,7 +76,10 @@ impl GrpcServer {
             result = &mut server => return result.context("gRPC server failed"),
             () = shutdown => {}
         }
-        tracing::info!(grace_ms = self.grace.as_millis() as u64, "shutting down: draining in-flight calls");
+        tracing::info!(
+            grace_ms = self.grace.as_millis() as u64,
+            "shutting down: draining in-flight calls"
+        );
         set_status(&health, names, ServingStatus::NotServing).await;
         let _ = stop_tx.send(());
         match tokio::time::timeout(self.grace, server).await {
@@ -188,7 +193,12 @@ pub fn failed_precondition(kind: &str, subject: &str, description: &str) -> Stat
 /// NOT_FOUND with a `google.rpc.ResourceInfo` detail.
 pub fn not_found(resource_type: &str, resource_name: &str) -> Status {
     let mut details = ErrorDetails::new();
-    details.set_resource_info(resource_type, resource_name, "", format!("{resource_type} not found"));
+    details.set_resource_info(
+        resource_type,
+        resource_name,
+        "",
+        format!("{resource_type} not found"),
+    );
     Status::with_error_details(
         Code::NotFound,
         format!("{resource_type} {resource_name} not found"),
@@ -216,7 +226,11 @@ mod tests {
         let status = v.into_result().unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
         let bad = status.get_details_bad_request().unwrap();
-        let fields: Vec<_> = bad.field_violations.iter().map(|f| f.field.as_str()).collect();
+        let fields: Vec<_> = bad
+            .field_violations
+            .iter()
+            .map(|f| f.field.as_str())
+            .collect();
         assert_eq!(fields, ["lines", "customer_id"]);
     }
 }

@@ -16,7 +16,9 @@ use opentelemetry_sdk::{
 use orderflow_config::Source;
 use serde::{Deserialize, Serialize};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-use tracing_subscriber::{EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 /// Flushes pending spans when dropped; keep it alive for the whole `main`.
 #[must_use = "dropping the guard stops trace export"]
@@ -58,11 +60,13 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
     }
     let provider = provider.build();
     global::set_tracer_provider(provider.clone());
-    let otel = tracing_opentelemetry::layer().with_tracer(provider.tracer(service));
+    let otel = otel_layer(&provider, service);
 
     let filter = EnvFilter::try_new(src.get("RUST_LOG").unwrap_or_else(|| "info".to_owned()))
         .context("RUST_LOG is not a valid filter")?;
-    let json = src.get("LOG_FORMAT").is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = src
+        .get("LOG_FORMAT")
+        .is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let fmt = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -73,8 +77,7 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
         tracing_subscriber::fmt::layer().compact().boxed()
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init()
         .context("failed to install the tracing subscriber")?;
@@ -82,13 +85,37 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
 }
 
 /// For tests: logs to the test writer, `RUST_LOG` or `warn`; idempotent.
+///
+/// Propagation is set up as in production (nothing exported), so tests see
+/// the trace context that services store in the outbox.
 pub fn init_for_tests() {
     global::set_text_map_propagator(TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOff)
+        .build();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(tracing_subscriber::fmt::layer().with_test_writer())
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(filter),
+        )
+        .with(otel_layer(&provider, "test"))
         .try_init();
+}
+
+/// The OpenTelemetry layer with a filter of its own: `RUST_LOG` only decides
+/// what is logged, never whether spans (and so trace context) exist.
+fn otel_layer<S>(
+    provider: &SdkTracerProvider,
+    name: &'static str,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(name))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
 }
 
 /// W3C trace context (`traceparent`, `tracestate`) as a string map: the
@@ -117,7 +144,10 @@ impl TraceHeaders {
 
 impl Injector for TraceHeaders {
     fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
+        // The propagator writes an empty `tracestate` when there is none.
+        if !value.is_empty() {
+            self.0.insert(key.to_owned(), value);
+        }
     }
 }
 

@@ -72,7 +72,9 @@ impl TestDatabase {
             .collect();
         let name = format!("of_t_{service}_{now}_{suffix}");
         admin
-            .batch_execute(&format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#))
+            .batch_execute(&format!(
+                r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#
+            ))
             .await?;
         let url = url_for(&name);
         Ok(Self { name, url })
@@ -93,7 +95,9 @@ impl Drop for TestDatabase {
         // already shutting down: use a runtime of our own on a plain thread.
         let name = self.name.clone();
         let dropped = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 admin()
                     .await?
@@ -155,14 +159,18 @@ async fn ensure_template(
         // mid-way never leaves a half-migrated template behind.
         let building = format!("{template}_building");
         admin
-            .batch_execute(&format!(r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#))
+            .batch_execute(&format!(
+                r#"DROP DATABASE IF EXISTS "{building}" WITH (FORCE)"#
+            ))
             .await?;
         admin
             .batch_execute(&format!(r#"CREATE DATABASE "{building}""#))
             .await?;
         orderflow_db::run_migrations(&url_for(&building), migrations).await?;
         admin
-            .batch_execute(&format!(r#"ALTER DATABASE "{building}" RENAME TO "{template}""#))
+            .batch_execute(&format!(
+                r#"ALTER DATABASE "{building}" RENAME TO "{template}""#
+            ))
             .await?;
         anyhow::Ok(())
     }
@@ -179,7 +187,10 @@ async fn sweep_stale(admin: &tokio_postgres::Client) {
         return;
     };
     let Ok(rows) = admin
-        .query("SELECT datname FROM pg_database WHERE datname LIKE 'of\\_t\\_%'", &[])
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'of\\_t\\_%'",
+            &[],
+        )
         .await
     else {
         return;
@@ -212,7 +223,10 @@ where
         if condition().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting until {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

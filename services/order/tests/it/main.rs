@@ -1,0 +1,9 @@
+//! Integration tests of the order service against a real PostgreSQL: one
+//! fresh database per test, the server in process on an ephemeral port.
+
+mod helpers;
+
+mod atomicity;
+mod cancel;
+mod create;
+mod list;
