@@ -58,10 +58,33 @@ impl TestDatabase {
             .unwrap_or_else(|e| panic!("cannot create a test database (is PostgreSQL up?): {e:#}"))
     }
 
+    /// A fresh database with no tables, for tests of the migrations themselves.
+    ///
+    /// # Panics
+    /// When PostgreSQL is unreachable: the test cannot run.
+    pub async fn empty(service: &str) -> Self {
+        Self::try_create(service, None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database (is PostgreSQL up?): {e:#}"))
+    }
+
     async fn try_new(service: &str, migrations: ServiceMigrations) -> anyhow::Result<Self> {
+        Self::try_create(service, Some(migrations)).await
+    }
+
+    async fn try_create(
+        service: &str,
+        migrations: Option<ServiceMigrations>,
+    ) -> anyhow::Result<Self> {
         let admin = admin().await?;
-        let template = template_name(service, migrations)?;
-        ensure_template(&admin, &template, migrations).await?;
+        let template = match migrations {
+            Some(migrations) => {
+                let template = template_name(service, migrations)?;
+                ensure_template(&admin, &template, migrations).await?;
+                template
+            }
+            None => "template0".to_owned(),
+        };
         sweep_stale(&admin).await;
 
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();

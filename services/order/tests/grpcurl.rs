@@ -1,0 +1,227 @@
+//! End to end: the built `order` binary, started as a process on its own
+//! database, driven with real grpcurl through server reflection (no proto
+//! files). grpcurl comes from `GRPCURL` or PATH; `cargo xtask test` installs it.
+
+use std::{process::Stdio, time::Duration};
+
+use orderflow_testkit::TestDatabase;
+use serde_json::Value;
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+};
+use uuid::Uuid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_order");
+const SERVICE: &str = "orderflow.order.v1.OrderService";
+
+fn grpcurl_path() -> String {
+    std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())
+}
+
+struct Grpcurl {
+    addr: String,
+}
+
+struct Output {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Grpcurl {
+    /// `grpcurl -plaintext <flags> <address> <args>`.
+    async fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        let out = Command::new(grpcurl_path())
+            .arg("-plaintext")
+            .args(flags)
+            .arg(&self.addr)
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run grpcurl ({}): {e}; `cargo xtask test` installs it",
+                    grpcurl_path()
+                )
+            });
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Calls `method` with a JSON body and returns the JSON response.
+    async fn call(&self, method: &str, body: &Value) -> Value {
+        let body = body.to_string();
+        let out = self
+            .run(&["-d", &body], &[&format!("{SERVICE}/{method}")])
+            .await;
+        assert!(out.ok, "{method} failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{method}: {e}: {}", out.stdout))
+    }
+}
+
+/// Starts `order serve` on an ephemeral port and reads the port from its
+/// JSON log line, so no port is guessed and nothing sleeps.
+async fn serve(db: &TestDatabase) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("DATABASE_URL", db.url())
+        .env("GRPC_LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .env("SHUTDOWN_GRACE_PERIOD", "5s")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("order binary starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read log") {
+            let Ok(log) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(addr) = log["fields"]["grpc.addr"].as_str() {
+                return addr.to_owned();
+            }
+        }
+        panic!("order serve exited before listening");
+    })
+    .await
+    .expect("order serve listens within 30 s");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_binary_migrates_serves_and_answers_grpcurl() {
+    // Arrange: a blank database, migrated by the binary itself.
+    let db = TestDatabase::empty("order").await;
+    let status = Command::new(BIN)
+        .arg("migrate")
+        .env("DATABASE_URL", db.url())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "order migrate failed");
+    let (mut child, addr) = serve(&db).await;
+    let grpcurl = Grpcurl { addr };
+
+    // Reflection and health.
+    let list = grpcurl.run(&[], &["list"]).await;
+    assert!(list.ok, "grpcurl list: {}{}", list.stdout, list.stderr);
+    for service in [
+        SERVICE,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            list.stdout.lines().any(|l| l == service),
+            "{service} not listed:\n{}",
+            list.stdout
+        );
+    }
+    let describe = grpcurl.run(&[], &["describe", SERVICE]).await;
+    assert!(
+        describe.stdout.contains("rpc CreateOrder"),
+        "{}",
+        describe.stdout
+    );
+    let health = grpcurl.run(&[], &["grpc.health.v1.Health/Check"]).await;
+    assert!(health.stdout.contains("\"SERVING\""), "{}", health.stdout);
+
+    // Create, get, list, cancel.
+    let customer = Uuid::new_v4().to_string();
+    let create = serde_json::json!({
+        "request_id": Uuid::new_v4().to_string(),
+        "customer_id": customer,
+        "customer_email": "ada@example.com",
+        "lines": [{"product_id": Uuid::new_v4().to_string(), "quantity": 2,
+                   "unit_price": {"amount_minor": 1250, "currency": "EUR"}}]
+    });
+    let created = grpcurl.call("CreateOrder", &create).await;
+    let id = created["order"]["id"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    assert_eq!(created["order"]["status"], "ORDER_STATUS_PENDING");
+    assert_eq!(created["order"]["total"]["amountMinor"], "2500");
+    assert_eq!(
+        grpcurl.call("CreateOrder", &create).await,
+        created,
+        "a retry returns the same order"
+    );
+
+    let got = grpcurl
+        .call("GetOrder", &serde_json::json!({"order_id": id}))
+        .await;
+    assert_eq!(got["order"], created["order"]);
+    let listed = grpcurl
+        .call("ListOrders", &serde_json::json!({"customer_id": customer}))
+        .await;
+    assert_eq!(listed["orders"].as_array().map(Vec::len), Some(1));
+
+    let cancelled = grpcurl
+        .call(
+            "CancelOrder",
+            &serde_json::json!({"order_id": id, "reason": "test"}),
+        )
+        .await;
+    assert_eq!(cancelled["order"]["status"], "ORDER_STATUS_CANCELLED");
+    assert_eq!(
+        cancelled["order"]["cancelReason"],
+        "cancelled by the customer: test"
+    );
+
+    // An invalid request: INVALID_ARGUMENT with field violations grpcurl can decode.
+    let bad = grpcurl
+        .run(
+            &["-d", r#"{"request_id":"nope","lines":[]}"#],
+            &[&format!("{SERVICE}/CreateOrder")],
+        )
+        .await;
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("Code: InvalidArgument"),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains("google.rpc.BadRequest")
+            && bad.stderr.contains("\"field\":\"request_id\""),
+        "{}",
+        bad.stderr
+    );
+    let missing = grpcurl
+        .run(
+            &[
+                "-d",
+                &serde_json::json!({"order_id": Uuid::new_v4().to_string()}).to_string(),
+            ],
+            &[&format!("{SERVICE}/GetOrder")],
+        )
+        .await;
+    assert!(
+        missing.stderr.contains("Code: NotFound"),
+        "{}",
+        missing.stderr
+    );
+
+    // SIGTERM: the process drains and exits cleanly.
+    let pid = child.id().expect("pid").to_string();
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(kill.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "exit status after SIGTERM: {exit}");
+}
