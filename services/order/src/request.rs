@@ -75,13 +75,15 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
         for (i, line) in req.lines.iter().enumerate() {
             let field = |name: &str| format!("lines[{i}].{name}");
             let product_id = uuid_field(&mut v, &field("product_id"), &line.product_id);
-            if let Some(id) = product_id {
-                if let Some(first) = lines.iter().position(|l: &NewLine| l.product_id == id) {
-                    v.add(
-                        field("product_id"),
-                        format!("product already ordered in lines[{first}]; merge the quantities"),
-                    );
-                }
+            if product_id.is_some()
+                && let Some(first) = req.lines[..i]
+                    .iter()
+                    .position(|l| l.product_id == line.product_id)
+            {
+                v.add(
+                    field("product_id"),
+                    format!("product already ordered in lines[{first}]; merge the quantities"),
+                );
             }
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
                 v.add(

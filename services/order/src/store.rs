@@ -1,6 +1,8 @@
 //! The order tables and the use cases that change them. Each use case is one
 //! transaction; the events it causes are appended to the outbox inside it.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
@@ -273,7 +275,7 @@ impl Cursor {
 
     /// The cursor and customer filter, or `None` for anything malformed.
     pub fn decode(token: &str) -> Option<(Self, Option<Uuid>)> {
-        if token.len() > 256 || token.len() % 2 != 0 {
+        if token.len() > 256 || !token.len().is_multiple_of(2) {
             return None;
         }
         let bytes = (0..token.len())
@@ -339,19 +341,21 @@ pub async fn list_orders(
         None
     };
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let mut lines: Vec<LineRow> = order_lines::table
+    let lines: Vec<LineRow> = order_lines::table
         .filter(order_lines::order_id.eq_any(&ids))
         .order((order_lines::order_id, order_lines::line_no))
         .select(LineRow::as_select())
         .load(&mut conn)
         .await?;
+    let mut by_order: HashMap<Uuid, Vec<LineRow>> = HashMap::new();
+    for line in lines {
+        by_order.entry(line.order_id).or_default().push(line);
+    }
     let orders = rows
         .into_iter()
         .map(|row| {
-            let (mine, rest): (Vec<_>, Vec<_>) =
-                lines.drain(..).partition(|l| l.order_id == row.id);
-            lines = rest;
-            Order { row, lines: mine }
+            let lines = by_order.remove(&row.id).unwrap_or_default();
+            Order { row, lines }
         })
         .collect();
     Ok((orders, next))
