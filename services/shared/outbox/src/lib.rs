@@ -20,9 +20,14 @@ pub mod schema {
             attempts -> Int4,
             last_error -> Nullable<Text>,
             seq -> Int8,
+            partition -> Int2,
+            next_attempt_at -> Nullable<Timestamptz>,
+            parked_at -> Nullable<Timestamptz>,
         }
     }
 }
+
+pub mod relay;
 
 use schema::outbox;
 

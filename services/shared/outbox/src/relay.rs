@@ -1,0 +1,383 @@
+//! The relay side of the outbox: claim, mark, fail, lease, measure, clean.
+//!
+//! # Ordering
+//! Each aggregate hashes to one of 32 partitions (a generated column); each
+//! partition is leased to one relay replica at a time ([`renew_leases`]). A
+//! replica publishes, per batch, at most the *oldest pending* event of each
+//! aggregate ([`claim_heads`]), and the next event of that aggregate only
+//! after the broker confirmed the previous one and it was marked published.
+//! So an aggregate's events reach the broker in `seq` (= commit) order even
+//! when a publish fails, and a failing or parked event blocks nothing but its
+//! own aggregate. Rows are never locked: the lease is what makes a partition
+//! one replica's work, which `SKIP LOCKED` alone cannot do for ordering.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    QueryResult, QueryableByName,
+    sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz},
+};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
+use uuid::Uuid;
+
+/// One event ready to publish.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct PendingEvent {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    pub aggregate_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub event_type: String,
+    /// The CloudEvents JSON body, as text: published as is.
+    #[diesel(sql_type = Text)]
+    pub payload: String,
+    /// JSON object of trace headers.
+    #[diesel(sql_type = Text)]
+    pub headers: String,
+    #[diesel(sql_type = Timestamptz)]
+    pub created_at: DateTime<Utc>,
+    #[diesel(sql_type = BigInt)]
+    pub seq: i64,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    #[diesel(sql_type = Bool)]
+    pub due: bool,
+    #[diesel(sql_type = SmallInt)]
+    pub partition: i16,
+}
+
+#[derive(QueryableByName)]
+struct Blocked {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    aggregate_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+}
+
+/// The head event of each aggregate in `partitions` that may be published
+/// now, oldest first, at most `limit`.
+///
+/// `window` rows per partition are read in `seq` order; an aggregate's head
+/// is its first row there. An aggregate whose oldest pending event failed
+/// (in backoff or parked) yields nothing until that event is published.
+///
+/// # Errors
+/// Database errors.
+pub async fn claim_heads(
+    conn: &mut AsyncPgConnection,
+    partitions: &[i16],
+    window: i64,
+    limit: usize,
+) -> QueryResult<Vec<PendingEvent>> {
+    let blocked: HashMap<Uuid, i64> = diesel::sql_query(
+        "SELECT aggregate_id, min(seq) AS seq FROM outbox
+         WHERE published_at IS NULL AND (attempts > 0 OR parked_at IS NOT NULL)
+           AND partition = ANY($1)
+         GROUP BY aggregate_id",
+    )
+    .bind::<Array<SmallInt>, _>(partitions)
+    .load::<Blocked>(conn)
+    .await?
+    .into_iter()
+    .map(|b| (b.aggregate_id, b.seq))
+    .collect();
+
+    let rows: Vec<PendingEvent> = diesel::sql_query(
+        "SELECT o.id, o.aggregate_id, o.event_type, o.payload::text AS payload,
+                o.headers::text AS headers, o.created_at, o.seq, o.attempts,
+                (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) AS due, o.partition
+         FROM unnest($1::int2[]) AS p(part)
+         CROSS JOIN LATERAL (
+             SELECT * FROM outbox
+             WHERE partition = p.part AND published_at IS NULL AND parked_at IS NULL
+             ORDER BY seq LIMIT $2
+         ) o",
+    )
+    .bind::<Array<SmallInt>, _>(partitions)
+    .bind::<BigInt, _>(window)
+    .load(conn)
+    .await?;
+
+    Ok(select_heads(rows, &blocked, limit))
+}
+
+/// The first row of each aggregate, unless an older failing event blocks it
+/// or it is waiting for its retry time.
+fn select_heads(rows: Vec<PendingEvent>, blocked: &HashMap<Uuid, i64>, limit: usize) -> Vec<PendingEvent> {
+    let mut seen = HashSet::new();
+    let mut heads: Vec<PendingEvent> = rows
+        .into_iter()
+        .filter(|row| {
+            seen.insert(row.aggregate_id)
+                && blocked.get(&row.aggregate_id).is_none_or(|&first| row.seq <= first)
+                && row.due
+        })
+        .collect();
+    heads.sort_by_key(|e| e.seq);
+    heads.truncate(limit);
+    heads
+}
+
+/// Marks confirmed events published, unless `owner` lost their partition
+/// meanwhile (then the new owner publishes them again: a duplicate, which
+/// consumers drop, rather than a mark on someone else's work).
+///
+/// # Errors
+/// Database errors.
+pub async fn mark_published(conn: &mut AsyncPgConnection, ids: &[Uuid], owner: &str) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE outbox SET published_at = now()
+         WHERE id = ANY($1) AND published_at IS NULL
+           AND partition IN (SELECT partition FROM outbox_lease WHERE owner = $2)",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Text, _>(owner)
+    .execute(conn)
+    .await
+}
+
+/// How failed publishes are retried.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Attempts before an event is parked.
+    pub max_attempts: i32,
+    pub base: Duration,
+    pub max: Duration,
+}
+
+/// Records failed publishes: attempts + 1, the error, the next attempt after
+/// an exponential backoff, and parks events that reached `max_attempts`.
+///
+/// # Errors
+/// Database errors.
+pub async fn record_failures(
+    conn: &mut AsyncPgConnection,
+    failures: &[(Uuid, String)],
+    policy: RetryPolicy,
+) -> QueryResult<usize> {
+    let (ids, errors): (Vec<Uuid>, Vec<String>) = failures.iter().cloned().unzip();
+    diesel::sql_query(
+        "UPDATE outbox o SET
+             attempts = o.attempts + 1,
+             last_error = f.err,
+             next_attempt_at = now() + least($3 * power(2, o.attempts), $4) * interval '1 second',
+             parked_at = CASE WHEN o.attempts + 1 >= $5 THEN now() END
+         FROM unnest($1::uuid[], $2::text[]) AS f(id, err)
+         WHERE o.id = f.id AND o.published_at IS NULL",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<Text>, _>(errors)
+    .bind::<Double, _>(policy.base.as_secs_f64())
+    .bind::<Double, _>(policy.max.as_secs_f64())
+    .bind::<Integer, _>(policy.max_attempts)
+    .execute(conn)
+    .await
+}
+
+/// Puts parked events (all, or those listed) back in line: attempts reset,
+/// due now. The operator's "retry" for a poison event.
+///
+/// # Errors
+/// Database errors.
+pub async fn unpark(conn: &mut AsyncPgConnection, ids: Option<&[Uuid]>) -> QueryResult<usize> {
+    diesel::sql_query(
+        "UPDATE outbox SET parked_at = NULL, attempts = 0, next_attempt_at = NULL
+         WHERE parked_at IS NOT NULL AND published_at IS NULL
+           AND ($1::uuid[] IS NULL OR id = ANY($1))",
+    )
+    .bind::<Nullable<Array<diesel::sql_types::Uuid>>, _>(ids)
+    .execute(conn)
+    .await
+}
+
+#[derive(QueryableByName)]
+struct Partition {
+    #[diesel(sql_type = SmallInt)]
+    partition: i16,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// Heartbeat of `owner`: renews its leases, then gives up or takes
+/// partitions so that every live replica holds about the same number.
+/// Returns the partitions `owner` holds for the next `ttl`.
+///
+/// # Errors
+/// Database errors; the caller must then stop publishing once its leases
+/// run out.
+pub async fn renew_leases(conn: &mut AsyncPgConnection, owner: &str, ttl: Duration) -> QueryResult<Vec<i16>> {
+    let ttl_s = ttl.as_secs_f64();
+    conn.transaction(async |conn| {
+        diesel::sql_query(
+            "INSERT INTO outbox_relay_member (owner, heartbeat_at) VALUES ($1, now())
+             ON CONFLICT (owner) DO UPDATE SET heartbeat_at = now()",
+        )
+        .bind::<Text, _>(owner)
+        .execute(conn)
+        .await?;
+        diesel::sql_query("DELETE FROM outbox_relay_member WHERE heartbeat_at < now() - $1 * interval '1 second'")
+            .bind::<Double, _>(ttl_s)
+            .execute(conn)
+            .await?;
+        let members = diesel::sql_query("SELECT count(*) AS n FROM outbox_relay_member")
+            .get_result::<Count>(conn)
+            .await?
+            .n
+            .max(1);
+        let total = diesel::sql_query("SELECT count(*) AS n FROM outbox_lease").get_result::<Count>(conn).await?.n;
+        let fair_share = usize::try_from((total + members - 1) / members).unwrap_or(usize::MAX);
+
+        let mut held: Vec<i16> = diesel::sql_query(
+            "UPDATE outbox_lease SET expires_at = now() + $2 * interval '1 second'
+             WHERE owner = $1 RETURNING partition",
+        )
+        .bind::<Text, _>(owner)
+        .bind::<Double, _>(ttl_s)
+        .load::<Partition>(conn)
+        .await?
+        .into_iter()
+        .map(|p| p.partition)
+        .collect();
+        held.sort_unstable();
+
+        if held.len() > fair_share {
+            let extra = held.split_off(fair_share);
+            diesel::sql_query(
+                "UPDATE outbox_lease SET owner = NULL, expires_at = '-infinity'
+                 WHERE owner = $1 AND partition = ANY($2)",
+            )
+            .bind::<Text, _>(owner)
+            .bind::<Array<SmallInt>, _>(extra)
+            .execute(conn)
+            .await?;
+        } else if held.len() < fair_share {
+            let wanted = i64::try_from(fair_share - held.len()).unwrap_or(0);
+            let taken = diesel::sql_query(
+                "UPDATE outbox_lease SET owner = $1, epoch = epoch + 1,
+                        expires_at = now() + $2 * interval '1 second'
+                 WHERE partition IN (
+                     SELECT partition FROM outbox_lease
+                     WHERE owner IS NULL OR expires_at < now()
+                     ORDER BY partition LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING partition",
+            )
+            .bind::<Text, _>(owner)
+            .bind::<Double, _>(ttl_s)
+            .bind::<BigInt, _>(wanted)
+            .load::<Partition>(conn)
+            .await?;
+            held.extend(taken.into_iter().map(|p| p.partition));
+            held.sort_unstable();
+        }
+        Ok(held)
+    })
+    .await
+}
+
+/// Gives every lease of `owner` back at once (graceful shutdown), so other
+/// replicas take over without waiting for expiry.
+///
+/// # Errors
+/// Database errors.
+pub async fn release_leases(conn: &mut AsyncPgConnection, owner: &str) -> QueryResult<()> {
+    diesel::sql_query("UPDATE outbox_lease SET owner = NULL, expires_at = '-infinity' WHERE owner = $1")
+        .bind::<Text, _>(owner)
+        .execute(conn)
+        .await?;
+    diesel::sql_query("DELETE FROM outbox_relay_member WHERE owner = $1")
+        .bind::<Text, _>(owner)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The backlog of one outbox, for metrics and health.
+#[derive(Debug, Clone, Copy, Default, QueryableByName)]
+pub struct Stats {
+    /// Pending and not parked.
+    #[diesel(sql_type = BigInt)]
+    pub pending: i64,
+    /// Age of the oldest pending, not parked, event; 0 when none.
+    #[diesel(sql_type = Double)]
+    pub oldest_pending_age_seconds: f64,
+    #[diesel(sql_type = BigInt)]
+    pub parked: i64,
+}
+
+/// # Errors
+/// Database errors.
+pub async fn stats(conn: &mut AsyncPgConnection) -> QueryResult<Stats> {
+    diesel::sql_query(
+        "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,
+                COALESCE(extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL)), 0)::float8
+                    AS oldest_pending_age_seconds,
+                count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
+         FROM outbox WHERE published_at IS NULL",
+    )
+    .get_result(conn)
+    .await
+}
+
+/// Deletes up to `batch` rows published more than `retention` ago; call it
+/// until it returns less than `batch`. Small batches keep locks short.
+///
+/// # Errors
+/// Database errors.
+pub async fn delete_published(conn: &mut AsyncPgConnection, retention: Duration, batch: i64) -> QueryResult<usize> {
+    diesel::sql_query(
+        "DELETE FROM outbox WHERE id IN (
+             SELECT id FROM outbox
+             WHERE published_at IS NOT NULL AND published_at < now() - $1 * interval '1 second'
+             LIMIT $2)",
+    )
+    .bind::<Double, _>(retention.as_secs_f64())
+    .bind::<BigInt, _>(batch)
+    .execute(conn)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(aggregate: u128, seq: i64, due: bool) -> PendingEvent {
+        PendingEvent {
+            id: Uuid::new_v4(),
+            aggregate_id: Uuid::from_u128(aggregate),
+            event_type: "t".into(),
+            payload: "{}".into(),
+            headers: "{}".into(),
+            created_at: Utc::now(),
+            seq,
+            attempts: 0,
+            due,
+            partition: 0,
+        }
+    }
+
+    #[test]
+    fn one_head_per_aggregate_and_failing_aggregates_wait() {
+        let rows = vec![
+            event(1, 1, true),
+            event(2, 2, true),
+            event(1, 3, true),  // not a head
+            event(3, 4, false), // head, in backoff: aggregate 3 waits
+            event(3, 5, true),
+            event(4, 7, true), // blocked by a parked event of aggregate 4 (seq 6)
+            event(5, 8, true),
+        ];
+        let blocked = HashMap::from([(Uuid::from_u128(3), 4), (Uuid::from_u128(4), 6)]);
+        let heads: Vec<i64> = select_heads(rows.clone(), &blocked, 10).iter().map(|e| e.seq).collect();
+        assert_eq!(heads, [1, 2, 8]);
+        assert_eq!(select_heads(rows, &blocked, 2).len(), 2);
+    }
+}
