@@ -1,1 +1,210 @@
-fn main() {}
+//! `loadgen`: a closed-loop load generator for the order service.
+//!
+//! `create-orders` keeps `--concurrency` CreateOrder calls in flight for a
+//! fixed time and reports throughput and latency percentiles; `idempotency`
+//! fires many identical calls with one request_id at once and checks that a
+//! single order comes back. `loadgen <subcommand> --help` lists the options.
+
+mod duration;
+mod request;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use orderflow_proto::order::v1::order_service_client::OrderServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Load generator for the orderflow order service"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Closed loop: each worker sends CreateOrder, waits for the answer, repeats.
+    CreateOrders(CreateOrdersArgs),
+    /// Sends N concurrent CreateOrder calls with the same request_id and body;
+    /// exits non-zero unless all succeed with one and the same order id.
+    Idempotency(IdempotencyArgs),
+}
+
+/// Where to connect and how; shared by both subcommands.
+#[derive(Args)]
+struct ConnArgs {
+    /// gRPC endpoint of the order service.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// HTTP/2 connections, workers assigned round-robin. One connection can
+    /// become the bottleneck at high concurrency. Default: min(concurrency, 8).
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Deadline of each call (sent as grpc-timeout); a late call counts as DEADLINE_EXCEEDED.
+    #[arg(long, default_value = "10s", value_parser = duration::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+struct CreateOrdersArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Workers, i.e. calls in flight at any time.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    concurrency: u32,
+    /// Measured time after the warmup, e.g. 20s, 500ms, 2m.
+    #[arg(long, default_value = "20s", value_parser = duration::parse_duration)]
+    duration: Duration,
+    /// Time at full load before measuring, so connection set-up, pool growth
+    /// and caches do not pollute the numbers.
+    #[arg(long, default_value = "3s", value_parser = duration::parse_duration)]
+    warmup: Duration,
+    /// Lines per order, each on a distinct product (at most the product pool size).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=request::PRODUCT_POOL as i64))]
+    lines: u32,
+    /// Also write the results as a JSON object to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct IdempotencyArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Concurrent calls, all with the same request_id.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    calls: u32,
+    /// Lines in the (single) order.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=request::PRODUCT_POOL as i64))]
+    lines: u32,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::CreateOrders(args) => create_orders(args).await,
+        Command::Idempotency(args) => idempotency(args).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("loadgen: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn create_orders(args: CreateOrdersArgs) -> anyhow::Result<ExitCode> {
+    let concurrency = args.concurrency as usize;
+    if args.duration.is_zero() {
+        bail!("--duration must be greater than zero");
+    }
+    let clients = connect(&args.conn, concurrency).await?;
+    eprintln!(
+        "loadgen: target={} concurrency={concurrency} connections={} lines={} warmup={:?} duration={:?}",
+        args.conn.target,
+        clients.len(),
+        args.lines,
+        args.warmup,
+        args.duration,
+    );
+    let plan = run::Plan {
+        concurrency,
+        lines: args.lines as usize,
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    let report = run::create_orders(&clients, &plan).await?;
+    for (code, message) in &report.sample_errors {
+        eprintln!("loadgen: first {code}: {message}");
+    }
+    println!("{}", report.summary.human_line());
+    if let Some(path) = &args.json {
+        let mut json = serde_json::to_string_pretty(&report.summary)?;
+        json.push('\n');
+        std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    // Errors are results worth reporting, not a failure of the tool; a run
+    // where nothing succeeded measured nothing, so scripts should notice.
+    Ok(if report.summary.ok == 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn idempotency(args: IdempotencyArgs) -> anyhow::Result<ExitCode> {
+    let calls = args.calls as usize;
+    let clients = connect(&args.conn, calls).await?;
+    let outcome = run::idempotency(&clients, calls, args.lines as usize).await;
+    for (code, message) in &outcome.errors {
+        eprintln!("loadgen: {code}: {message}");
+    }
+    println!(
+        "calls={calls} connections={} request_id={} ok={} errors={} distinct_order_ids={}{}",
+        clients.len(),
+        outcome.request_id,
+        outcome.ok,
+        outcome.errors.len(),
+        outcome.order_ids.len(),
+        outcome
+            .order_ids
+            .iter()
+            .map(|id| format!(" {id}"))
+            .collect::<String>(),
+    );
+    if outcome.mismatched_request_ids > 0 {
+        eprintln!(
+            "loadgen: {} responses carried a different request_id",
+            outcome.mismatched_request_ids
+        );
+    }
+    let good = outcome.errors.is_empty()
+        && outcome.order_ids.len() == 1
+        && outcome.mismatched_request_ids == 0;
+    Ok(if good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Opens `--connections` channels (default min(workers, 8), never more than
+/// there are workers to use them). Each `connect()` is its own TCP/HTTP2
+/// connection; connecting eagerly makes a wrong target fail before the run.
+async fn connect(
+    conn: &ConnArgs,
+    workers: usize,
+) -> anyhow::Result<Vec<OrderServiceClient<Channel>>> {
+    let wanted = conn.connections.unwrap_or(workers.min(8));
+    if wanted == 0 {
+        bail!("--connections must be at least 1");
+    }
+    let count = wanted.min(workers).max(1);
+    let endpoint = Endpoint::from_shared(conn.target.clone())
+        .with_context(|| format!("invalid --target {:?}", conn.target))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(conn.timeout);
+    let mut clients = Vec::with_capacity(count);
+    for i in 0..count {
+        let channel = endpoint.connect().await.with_context(|| {
+            format!(
+                "connecting to {} (connection {}/{count})",
+                conn.target,
+                i + 1
+            )
+        })?;
+        clients.push(OrderServiceClient::new(channel));
+    }
+    Ok(clients)
+}
