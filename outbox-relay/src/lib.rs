@@ -1,0 +1,99 @@
+//! The outbox-relay: publishes the outbox rows of one or more service
+//! databases to RabbitMQ.
+//!
+//! # Layout
+//!
+//! * `config`: the variables and their defaults.
+//! * `source`: per source database, the publish loop (leases → claim heads →
+//!   publish → mark), the LISTEN task that wakes it, stats and retention.
+//! * `publisher`: pipelined, confirmed publishing with reconnect.
+//! * `metrics`, `http`: Prometheus families and the HTTP endpoints.
+//!
+//! The ordering and crash guarantees rest on `orderflow_outbox::relay`; read
+//! its module docs first.
+
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod publisher;
+pub mod source;
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use anyhow::Context as _;
+use orderflow_db::PoolConfig;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::{config::RelayConfig, metrics::Metrics, source::Source};
+
+/// Runs every source and the HTTP server until `shutdown` completes, then
+/// lets each source finish its batch and release its leases.
+///
+/// # Errors
+/// When the HTTP address cannot be bound or a pool cannot be built.
+pub async fn run(
+    config: RelayConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let health: source::Health = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    let owner = format!(
+        "{}-{}-{:08x}",
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "relay".into()),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot bind RELAY_HTTP_ADDR={}", config.http_addr))?;
+    tracing::info!(http.addr = %listener.local_addr()?, owner = %owner, "outbox-relay listening");
+    let http_state = http::HttpState {
+        registry: Arc::new(registry),
+        health: health.clone(),
+        lag_unhealthy: config.lag_unhealthy,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, http::router(http_state))
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+
+    let mut tasks = Vec::new();
+    for source in &config.sources {
+        let pool = orderflow_db::build_pool(&PoolConfig {
+            url: source.database_url.clone(),
+            max_size: 4,
+            wait_timeout: std::time::Duration::from_secs(5),
+            statement_timeout: std::time::Duration::from_secs(30),
+            application_name: format!("outbox-relay/{}", source.name),
+        })?;
+        let source = Arc::new(Source {
+            config: source.clone(),
+            relay: config.clone(),
+            pool,
+            metrics: metrics.clone(),
+            health: health.clone(),
+            owner: owner.clone(),
+        });
+        tasks.push(tokio::spawn(source.run(stop_rx.clone())));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing batches and releasing leases");
+    let _ = stop_tx.send(true);
+    for task in tasks {
+        let _ = task.await;
+    }
+    let _ = http.await;
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! One source database: its publish loop, its NOTIFY listener, its stats and
+//! its retention. Every task survives database and broker restarts: errors
+//! are logged, retried with capped backoff, and nothing is marked published
+//! that the broker did not confirm.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt as _;
+use orderflow_db::Pool;
+use orderflow_outbox::relay::{self, PendingEvent};
+use tokio::sync::{Notify, watch};
+use uuid::Uuid;
+
+use crate::{
+    config::{RelayConfig, SourceConfig},
+    metrics::{Metrics, source_labels},
+    publisher::{Outcome, Publisher},
+};
+
+/// What `/healthz` needs to know about a source.
+#[derive(Debug, Clone, Default)]
+pub struct SourceHealth {
+    pub lag_seconds: f64,
+    pub pending: i64,
+    pub parked: i64,
+    /// When the stats query last succeeded: a source we cannot read is stuck.
+    pub last_seen: Option<Instant>,
+    pub last_error: Option<String>,
+}
+
+pub type Health = Arc<Mutex<std::collections::BTreeMap<String, SourceHealth>>>;
+
+/// Rows read per partition per claim: enough to find many aggregates' heads.
+const WINDOW_PER_PARTITION: i64 = 64;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct Source {
+    pub config: SourceConfig,
+    pub relay: Arc<RelayConfig>,
+    pub pool: Pool,
+    pub metrics: Metrics,
+    pub health: Health,
+    /// This replica's identity in `outbox_lease`.
+    pub owner: String,
+}
+
+impl Source {
+    /// Runs every task of this source until `shutdown` flips to true.
+    pub async fn run(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let wake = Arc::new(Notify::new());
+        let listener = tokio::spawn(self.clone().listen(wake.clone(), shutdown.clone()));
+        let stats = tokio::spawn(self.clone().watch_stats(shutdown.clone()));
+        let retention = tokio::spawn(self.clone().clean(shutdown.clone()));
+        self.publish_loop(wake, shutdown).await;
+        listener.abort();
+        stats.abort();
+        retention.abort();
+    }
+
+    async fn publish_loop(&self, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+        let name = &self.config.name;
+        let mut publisher = Publisher::new(&self.relay.amqp_url, name, self.relay.publish_timeout);
+        let heartbeat_every = self.relay.lease_ttl / 3;
+        let mut owned: Vec<i16> = Vec::new();
+        // Leases are trusted until this instant: renewal time + ttl - margin.
+        let mut owned_until = Instant::now();
+        let mut next_heartbeat = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+
+        while !*shutdown.borrow() {
+            if Instant::now() >= next_heartbeat {
+                let started = Instant::now();
+                match self.renew().await {
+                    Ok(held) => {
+                        if held != owned {
+                            tracing::info!(source = %name, partitions = ?held, "partition leases changed");
+                        }
+                        owned = held;
+                        owned_until = started + self.relay.lease_ttl - heartbeat_every;
+                        next_heartbeat = started + heartbeat_every;
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %name, error = %e, "cannot renew partition leases");
+                        next_heartbeat = Instant::now() + backoff;
+                    }
+                }
+                self.metrics
+                    .owned_partitions
+                    .get_or_create(&source_labels(name))
+                    .set(owned.len() as i64);
+            }
+            // A replica that could not renew in time stops: another may own them now.
+            let active: &[i16] = if Instant::now() < owned_until {
+                &owned
+            } else {
+                &[]
+            };
+
+            let worked = if active.is_empty() {
+                Ok(0)
+            } else {
+                self.cycle(&mut publisher, active).await
+            };
+            match worked {
+                Ok(n) if n > 0 => {
+                    backoff = Duration::from_millis(100);
+                    continue; // more may be waiting: no pause
+                }
+                Ok(_) => backoff = Duration::from_millis(100),
+                Err(e) => {
+                    tracing::warn!(source = %name, error = %format!("{e:#}"), "publish cycle failed; retrying");
+                    self.metrics.failure(name, "infrastructure", 1);
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            }
+            let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.relay.poll_interval.min(until_heartbeat)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+
+        // Graceful: the last batch is done; hand the partitions over now.
+        publisher.reset().await;
+        match self.pool.get().await {
+            Ok(mut conn) => {
+                if let Err(e) = relay::release_leases(&mut conn, &self.owner).await {
+                    tracing::warn!(source = %name, error = %e, "cannot release leases; they expire instead");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "cannot release leases; they expire instead")
+            }
+        }
+        tracing::info!(source = %name, "stopped");
+    }
+
+    async fn renew(&self) -> anyhow::Result<Vec<i16>> {
+        let mut conn = self.pool.get().await?;
+        Ok(relay::renew_leases(&mut conn, &self.owner, self.relay.lease_ttl).await?)
+    }
+
+    /// One claim → publish → mark round. Returns how many events it handled.
+    async fn cycle(&self, publisher: &mut Publisher, partitions: &[i16]) -> anyhow::Result<usize> {
+        let name = &self.config.name;
+        let events = {
+            let mut conn = self.pool.get().await?;
+            relay::claim_heads(
+                &mut conn,
+                partitions,
+                WINDOW_PER_PARTITION,
+                self.relay.batch_size,
+            )
+            .await?
+        };
+        if events.is_empty() {
+            return Ok(0);
+        }
+        let started = Instant::now();
+        let outcomes = publisher.publish(&events).await?;
+        self.metrics
+            .batch_seconds
+            .get_or_create(&source_labels(name))
+            .observe(started.elapsed().as_secs_f64());
+
+        let (confirmed, rejected, unconfirmed) = split(&events, outcomes);
+        let mut conn = self.pool.get().await?;
+        if !confirmed.is_empty() {
+            relay::mark_published(&mut conn, &confirmed, &self.owner).await?;
+            self.metrics
+                .published
+                .get_or_create(&source_labels(name))
+                .inc_by(confirmed.len() as u64);
+        }
+        if !rejected.is_empty() {
+            for (id, reason, error) in &rejected {
+                tracing::warn!(source = %name, event.id = %id, reason, error, "broker rejected an event");
+                self.metrics.failure(name, reason, 1);
+            }
+            let failures: Vec<(Uuid, String)> =
+                rejected.into_iter().map(|(id, _, e)| (id, e)).collect();
+            relay::record_failures(&mut conn, &failures, self.relay.retry).await?;
+        }
+        if unconfirmed > 0 {
+            self.metrics.failure(name, "broker", unconfirmed as u64);
+            anyhow::bail!("{unconfirmed} event(s) unconfirmed: the broker connection was lost");
+        }
+        Ok(events.len())
+    }
+
+    /// LISTEN on a connection of its own; every notification wakes the
+    /// publish loop. `Notify` keeps one permit, so a wake-up that arrives
+    /// while a batch is running is not lost.
+    async fn listen(self: Arc<Self>, wake: Arc<Notify>, shutdown: watch::Receiver<bool>) {
+        let mut backoff = Duration::from_millis(200);
+        while !*shutdown.borrow() {
+            if let Err(e) = self.listen_once(&wake).await {
+                tracing::warn!(source = %self.config.name, error = %e, "LISTEN connection lost; reconnecting");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Returns only with the error that ended the connection.
+    async fn listen_once(&self, wake: &Notify) -> anyhow::Result<()> {
+        let (client, mut connection) =
+            tokio_postgres::connect(&self.config.database_url, tokio_postgres::NoTls).await?;
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        // Drives the connection; completes only when it fails or closes.
+        let forward = async {
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => return anyhow::Error::from(e),
+                }
+            }
+            anyhow::anyhow!("connection closed")
+        };
+        let subscribe = async {
+            client.batch_execute("LISTEN outbox_pending").await?;
+            // Rows may have been committed while we were not listening.
+            wake.notify_one();
+            anyhow::Ok(())
+        };
+        tokio::pin!(forward);
+        tokio::select! {
+            e = &mut forward => return Err(e),
+            r = subscribe => r?,
+        }
+        Err(forward.await)
+    }
+
+    /// Backlog metrics and health, every two seconds.
+    async fn watch_stats(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let name = self.config.name.clone();
+        let labels = source_labels(&name);
+        while !*shutdown.borrow() {
+            let result = async {
+                let mut conn = self.pool.get().await?;
+                anyhow::Ok(relay::stats(&mut conn).await?)
+            }
+            .await;
+            {
+                let mut health = self
+                    .health
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let entry = health.entry(name.clone()).or_default();
+                match result {
+                    Ok(stats) => {
+                        self.metrics
+                            .pending
+                            .get_or_create(&labels)
+                            .set(stats.pending);
+                        self.metrics.parked.get_or_create(&labels).set(stats.parked);
+                        self.metrics
+                            .oldest_pending_age
+                            .get_or_create(&labels)
+                            .set(stats.oldest_pending_age_seconds);
+                        entry.lag_seconds = stats.oldest_pending_age_seconds;
+                        entry.pending = stats.pending;
+                        entry.parked = stats.parked;
+                        entry.last_seen = Some(Instant::now());
+                        entry.last_error = None;
+                    }
+                    Err(e) => entry.last_error = Some(format!("{e:#}")),
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+
+    /// Deletes published rows older than the retention, in small batches.
+    async fn clean(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        const BATCH: i64 = 1_000;
+        while !*shutdown.borrow() {
+            let result = async {
+                let mut total = 0;
+                loop {
+                    let mut conn = self.pool.get().await?;
+                    let n = relay::delete_published(&mut conn, self.relay.retention, BATCH).await?;
+                    total += n;
+                    if (n as i64) < BATCH || *shutdown.borrow() {
+                        return anyhow::Ok(total);
+                    }
+                }
+            }
+            .await;
+            match result {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(source = %self.config.name, deleted = n, "deleted published events past retention")
+                }
+                Err(e) => {
+                    tracing::warn!(source = %self.config.name, error = %format!("{e:#}"), "retention cleanup failed")
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    }
+}
+
+type Rejected = Vec<(Uuid, &'static str, String)>;
+
+fn split(events: &[PendingEvent], outcomes: Vec<Outcome>) -> (Vec<Uuid>, Rejected, usize) {
+    let mut confirmed = Vec::new();
+    let mut rejected = Vec::new();
+    let mut unconfirmed = 0;
+    for (event, outcome) in events.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Confirmed => confirmed.push(event.id),
+            Outcome::Rejected { reason, error } => rejected.push((event.id, reason, error)),
+            Outcome::Unconfirmed => unconfirmed += 1,
+        }
+    }
+    (confirmed, rejected, unconfirmed)
+}
