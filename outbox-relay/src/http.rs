@@ -48,6 +48,8 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 /// younger than the threshold; 503 otherwise, with the reason per source.
 async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     let limit = state.lag_unhealthy.as_secs_f64();
+    // Stats refresh every 2 s: a source counts as unreadable only well after that.
+    let unreadable_limit = limit.max(10.0);
     let health = state
         .health
         .lock()
@@ -59,7 +61,7 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
         let unreadable_for = h.last_seen.map(|t| t.elapsed().as_secs_f64());
         let problem = match unreadable_for {
             None => Some("not read yet".to_owned()),
-            Some(s) if s > limit => Some(format!(
+            Some(s) if s > unreadable_limit => Some(format!(
                 "database unreadable for {s:.0}s: {}",
                 h.last_error.as_deref().unwrap_or("unknown error")
             )),

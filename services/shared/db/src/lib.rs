@@ -156,25 +156,28 @@ pub fn redact(url: &str) -> String {
 }
 
 /// Is this error a lost or unreachable database rather than a bad query?
+/// Callers answer UNAVAILABLE (retry) for these and INTERNAL otherwise.
 pub fn is_unavailable(err: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match err {
         Error::DatabaseError(
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::SerializationFailure,
+            DatabaseErrorKind::ClosedConnection
+            | DatabaseErrorKind::UnableToSendCommand
+            | DatabaseErrorKind::SerializationFailure,
             _,
-        ) => true,
+        )
+        | Error::BrokenTransactionManager => true,
+        // diesel exposes no SQLSTATE, so the server's messages for
+        // query_canceled (statement_timeout), admin/crash shutdown,
+        // cannot_connect_now and too_many_connections are matched here.
         Error::DatabaseError(_, info) => {
-            // query_canceled (statement_timeout), admin_shutdown, crash_shutdown,
-            // cannot_connect_now, too_many_connections
-            matches!(
-                info.message(),
-                m if m.contains("statement timeout")
-                    || m.contains("terminating connection")
-                    || m.contains("the database system is")
-                    || m.contains("too many clients")
-            )
+            let m = info.message();
+            m.contains("statement timeout")
+                || m.contains("terminating connection")
+                || m.contains("connection closed")
+                || m.contains("the database system is")
+                || m.contains("too many clients")
         }
-        Error::BrokenTransactionManager => true,
         _ => false,
     }
 }

@@ -1,5 +1,9 @@
 #![doc = include_str!("../README.md")]
 
+mod broker;
+
+pub use broker::TestBroker;
+
 use std::{
     future::Future,
     hash::{Hash as _, Hasher as _},

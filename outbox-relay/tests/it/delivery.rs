@@ -1,0 +1,192 @@
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::helpers::{Consumer, World};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_is_published_with_its_id_type_and_trace_then_marked() {
+    let world = World::new().await;
+    let consumer = Consumer::start(&world.broker, &["#"]).await;
+    let relay = world.relay(&[]).await;
+    let agg = Uuid::new_v4();
+
+    world
+        .insert(&world.sql().await, &[(agg, 0)], "test.happened")
+        .await;
+    consumer.wait_for(1, Duration::from_secs(20)).await;
+
+    let m = &consumer.snapshot()[0];
+    let id: String = world
+        .sql()
+        .await
+        .query_one("SELECT id::text FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(m.message_id, id);
+    assert_eq!(m.routing_key, "test.happened");
+    assert_eq!(
+        m.properties
+            .kind()
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("test.happened")
+    );
+    assert_eq!(
+        m.properties
+            .content_type()
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("application/cloudevents+json")
+    );
+    assert_eq!(*m.properties.delivery_mode(), Some(2));
+    assert!(m.properties.timestamp().is_some_and(|t| t > 1_700_000_000));
+    let headers = m.properties.headers().as_ref().expect("headers");
+    let Some(orderflow_amqp::lapin::types::AMQPValue::LongString(traceparent)) =
+        headers.inner().get("traceparent")
+    else {
+        panic!("no traceparent header: {headers:?}");
+    };
+    let traceparent = String::from_utf8_lossy(traceparent.as_bytes());
+    assert!(
+        traceparent.contains("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{traceparent}"
+    );
+    assert_eq!(m.body["agg"], agg.to_string());
+    orderflow_testkit::wait_until(
+        "the event is marked published",
+        Duration::from_secs(10),
+        || async {
+            world
+                .scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+                .await
+                == 1
+        },
+    )
+    .await;
+    let (status, metrics) = relay.get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("outbox_published_total{source=\"order\"} 1"),
+        "{metrics}"
+    );
+    relay.terminate().await;
+    assert_eq!(
+        world
+            .scalar("SELECT count(*) FROM outbox_lease WHERE owner IS NOT NULL")
+            .await,
+        0,
+        "leases released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_lost_when_broker_connections_drop_mid_stream() {
+    let world = World::new().await;
+    let consumer = Consumer::start(&world.broker, &["#"]).await;
+    let _relay = world.relay(&[]).await;
+    let aggs: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+
+    // 100 rounds of 100 events, written while the relay's connection is cut twice.
+    let writer = {
+        let client = world.sql().await;
+        let aggs = aggs.clone();
+        tokio::spawn(async move {
+            for n in 0..100 {
+                let round: Vec<(Uuid, i32)> = aggs.iter().map(|a| (*a, n)).collect();
+                insert_round(&client, &round).await;
+                tokio::time::sleep(Duration::from_millis(100)).await; // a steady stream over ~10 s
+            }
+        })
+    };
+    let mut cut = Vec::new();
+    for _ in 0..2 {
+        let mut fresh = Vec::new();
+        orderflow_testkit::wait_until(
+            "a new relay connection is listed",
+            Duration::from_secs(30),
+            || {
+                fresh = world.broker.connections_named("outbox-relay/order");
+                fresh.retain(|c| !cut.contains(c));
+                std::future::ready(!fresh.is_empty())
+            },
+        )
+        .await;
+        for name in fresh {
+            assert!(world.broker.close_connection(&name), "close {name}");
+            cut.push(name);
+        }
+    }
+    writer.await.unwrap();
+    let cuts = cut.len();
+    consumer.wait_for(10_000, Duration::from_secs(120)).await;
+
+    assert!(cuts >= 2, "the relay's connection was cut {cuts} times");
+    orderflow_testkit::wait_until(
+        "every event is marked published",
+        Duration::from_secs(20),
+        || async {
+            world
+                .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+    let (by_agg, duplicates) = crate::helpers::first_seen_by_aggregate(&consumer.snapshot());
+    for (agg, ns) in &by_agg {
+        assert_eq!(
+            ns,
+            &(0..100).collect::<Vec<i64>>(),
+            "aggregate {agg} out of order or incomplete"
+        );
+    }
+    eprintln!("broker outage: 10000 events, {duplicates} duplicate deliveries");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_fails_when_lag_exceeds_the_threshold() {
+    let world = World::new().await;
+    // No broker at this address: events cannot leave.
+    let relay = world
+        .relay(&[
+            ("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+            ("RELAY_LAG_UNHEALTHY", "1s"),
+        ])
+        .await;
+    orderflow_testkit::wait_until("healthy while idle", Duration::from_secs(10), || async {
+        relay.get("/healthz").await.0 == 200
+    })
+    .await;
+
+    world
+        .insert(&world.sql().await, &[(Uuid::new_v4(), 0)], "test.happened")
+        .await;
+
+    orderflow_testkit::wait_until(
+        "unhealthy once the event is stuck",
+        Duration::from_secs(15),
+        || async { relay.get("/healthz").await.0 == 503 },
+    )
+    .await;
+    let (_, body) = relay.get("/healthz").await;
+    assert!(body.contains("exceeds"), "{body}");
+    assert_eq!(relay.get("/livez").await.0, 200);
+}
+
+async fn insert_round(client: &tokio_postgres::Client, round: &[(Uuid, i32)]) {
+    let aggs: Vec<String> = round.iter().map(|(a, _)| a.to_string()).collect();
+    let ns: Vec<i32> = round.iter().map(|(_, n)| *n).collect();
+    client
+        .execute(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload)
+             SELECT gen_random_uuid(), 'test', a::uuid, 'test.happened', jsonb_build_object('agg', a, 'n', n)
+             FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(a, n, i) ORDER BY i",
+            &[&aggs, &ns],
+        )
+        .await
+        .unwrap();
+}
