@@ -382,7 +382,7 @@ fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &Smoke, took: Duration) {
     }
     println!("  PostgreSQL    {PG_HOST}:{PG_PORT} (user {PG_USER}, no password)");
     println!(
-        "  RabbitMQ      amqp://guest:guest@{} , management {} (guest/guest)",
+        "  RabbitMQ      amqp://guest:guest@{}, management API {} (guest/guest)",
         infra::AMQP_ADDR,
         infra::MANAGEMENT_URL
     );
