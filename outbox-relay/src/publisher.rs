@@ -1,5 +1,6 @@
 //! Publishing to RabbitMQ with publisher confirms, pipelined: a whole batch
-//! is sent before any confirm is awaited.
+//! is sent before any confirm is awaited, and the next batch is sent while
+//! the previous one's confirms are outstanding.
 //!
 //! Outcomes are kept apart by whose fault they are. A nack or a return
 //! (unroutable, `mandatory` set) is the event's: it counts as an attempt and
@@ -81,14 +82,16 @@ impl Publisher {
         }
     }
 
-    /// Publishes `events` in order and returns one outcome per event, in order.
+    /// Sends `events` in order without waiting for the broker; the returned
+    /// [`InFlight`] yields their outcomes. Sending the next batch before
+    /// settling this one keeps the broker and the database busy at once.
     ///
     /// # Errors
-    /// When no connection can be made; nothing was published then.
-    pub async fn publish(&mut self, events: &[PendingEvent]) -> anyhow::Result<Vec<Outcome>> {
+    /// When no connection can be made; nothing was sent then.
+    pub async fn send(&mut self, events: Vec<PendingEvent>) -> anyhow::Result<InFlight> {
         let channel = self.channel().await?;
         let mut confirms = Vec::with_capacity(events.len());
-        for event in events {
+        for event in &events {
             let sent = channel
                 .basic_publish(
                     self.exchange.as_str().into(),
@@ -109,6 +112,21 @@ impl Publisher {
                 }
             }
         }
+        Ok(InFlight {
+            events,
+            confirms,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    /// Waits for the broker's verdict on every event of `batch`, in order.
+    /// Drops the connection when any stays unconfirmed.
+    pub async fn settle(&mut self, batch: InFlight) -> (Vec<PendingEvent>, Vec<Outcome>, Duration) {
+        let InFlight {
+            events,
+            confirms,
+            started,
+        } = batch;
         let sent = confirms.len();
         let results =
             tokio::time::timeout(self.timeout, futures_util::future::join_all(confirms)).await;
@@ -139,7 +157,21 @@ impl Publisher {
         if outcomes.contains(&Outcome::Unconfirmed) {
             self.reset().await;
         }
-        Ok(outcomes)
+        (events, outcomes, started.elapsed())
+    }
+}
+
+/// A batch sent to the broker whose confirms are outstanding.
+pub struct InFlight {
+    events: Vec<PendingEvent>,
+    confirms: Vec<lapin::PublisherConfirm>,
+    started: std::time::Instant,
+}
+
+impl InFlight {
+    /// The aggregates of this batch: the next batch must not contain them.
+    pub fn aggregates(&self) -> impl Iterator<Item = uuid::Uuid> + '_ {
+        self.events.iter().map(|e| e.aggregate_id)
     }
 }
 

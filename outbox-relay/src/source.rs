@@ -4,6 +4,7 @@
 //! that the broker did not confirm.
 
 use std::{
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::{
     config::{RelayConfig, SourceConfig},
     metrics::{Metrics, source_labels},
-    publisher::{Outcome, Publisher},
+    publisher::{InFlight, Outcome, Publisher},
 };
 
 /// What `/healthz` needs to know about a source.
@@ -69,6 +70,8 @@ impl Source {
         let mut owned_until = Instant::now();
         let mut next_heartbeat = Instant::now();
         let mut backoff = Duration::from_millis(100);
+        // The batch whose confirms are outstanding while the next is sent.
+        let mut in_flight: Option<InFlight> = None;
 
         while !*shutdown.borrow() {
             if Instant::now() >= next_heartbeat {
@@ -99,10 +102,10 @@ impl Source {
                 &[]
             };
 
-            let worked = if active.is_empty() {
+            let worked = if active.is_empty() && in_flight.is_none() {
                 Ok(0)
             } else {
-                self.cycle(&mut publisher, active).await
+                self.cycle(&mut publisher, active, &mut in_flight).await
             };
             match worked {
                 Ok(n) if n > 0 => {
@@ -129,7 +132,12 @@ impl Source {
             }
         }
 
-        // Graceful: the last batch is done; hand the partitions over now.
+        // Graceful: settle the last batch, then hand the partitions over.
+        if let Some(batch) = in_flight.take()
+            && let Err(e) = self.settle(&mut publisher, batch).await
+        {
+            tracing::warn!(source = %name, error = %format!("{e:#}"), "last batch not settled; it will be published again");
+        }
         publisher.reset().await;
         match self.pool.get().await {
             Ok(mut conn) => {
@@ -149,29 +157,62 @@ impl Source {
         Ok(relay::renew_leases(&mut conn, &self.owner, self.relay.lease_ttl).await?)
     }
 
-    /// One claim → publish → mark round. Returns how many events it handled.
-    async fn cycle(&self, publisher: &mut Publisher, partitions: &[i16]) -> anyhow::Result<usize> {
-        let name = &self.config.name;
-        let events = {
+    /// One round of the pipeline: claim the next heads (skipping aggregates
+    /// still awaiting a confirm), send them, then settle the previous batch
+    /// (await its confirms, mark or record failures). Returns how many
+    /// events it sent or settled; 0 means there was nothing to do.
+    async fn cycle(
+        &self,
+        publisher: &mut Publisher,
+        partitions: &[i16],
+        in_flight: &mut Option<InFlight>,
+    ) -> anyhow::Result<usize> {
+        let flying: HashSet<Uuid> = in_flight.iter().flat_map(InFlight::aggregates).collect();
+        let events = if partitions.is_empty() {
+            Vec::new()
+        } else {
             let mut conn = self.pool.get().await?;
             relay::claim_heads(
                 &mut conn,
                 partitions,
                 WINDOW_PER_PARTITION,
                 self.relay.batch_size,
+                &flying,
             )
             .await?
         };
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let started = Instant::now();
-        let outcomes = publisher.publish(&events).await?;
+        let claimed = events.len();
+        let sent = if events.is_empty() {
+            None
+        } else {
+            match publisher.send(events).await {
+                Ok(batch) => Some(batch),
+                Err(e) => {
+                    if let Some(prev) = in_flight.take() {
+                        let _ = self.settle(publisher, prev).await;
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        // The new batch is tracked before the old one settles, so an error
+        // there leaves it to be settled on the next round.
+        let previous = std::mem::replace(in_flight, sent);
+        let settled = match previous {
+            Some(prev) => self.settle(publisher, prev).await?,
+            None => 0,
+        };
+        Ok(claimed + settled)
+    }
+
+    /// Awaits a batch's confirms and records the outcome of each event.
+    async fn settle(&self, publisher: &mut Publisher, batch: InFlight) -> anyhow::Result<usize> {
+        let name = &self.config.name;
+        let (events, outcomes, elapsed) = publisher.settle(batch).await;
         self.metrics
             .batch_seconds
             .get_or_create(&source_labels(name))
-            .observe(started.elapsed().as_secs_f64());
-
+            .observe(elapsed.as_secs_f64());
         let (confirmed, rejected, unconfirmed) = split(&events, outcomes);
         let mut conn = self.pool.get().await?;
         if !confirmed.is_empty() {

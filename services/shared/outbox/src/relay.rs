@@ -68,11 +68,13 @@ struct Blocked {
 ///
 /// # Errors
 /// Database errors.
+/// Aggregates in `in_flight` (sent, not yet confirmed) yield nothing either.
 pub async fn claim_heads(
     conn: &mut AsyncPgConnection,
     partitions: &[i16],
     window: i64,
     limit: usize,
+    in_flight: &HashSet<Uuid>,
 ) -> QueryResult<Vec<PendingEvent>> {
     let blocked: HashMap<Uuid, i64> = diesel::sql_query(
         "SELECT aggregate_id, min(seq) AS seq FROM outbox
@@ -103,18 +105,25 @@ pub async fn claim_heads(
     .load(conn)
     .await?;
 
-    Ok(select_heads(rows, &blocked, limit))
+    Ok(select_heads(rows, &blocked, in_flight, limit))
 }
 
 /// The first row of each aggregate, unless an older failing event blocks it
 /// or it is waiting for its retry time.
-fn select_heads(rows: Vec<PendingEvent>, blocked: &HashMap<Uuid, i64>, limit: usize) -> Vec<PendingEvent> {
-    let mut seen = HashSet::new();
+fn select_heads(
+    rows: Vec<PendingEvent>,
+    blocked: &HashMap<Uuid, i64>,
+    in_flight: &HashSet<Uuid>,
+    limit: usize,
+) -> Vec<PendingEvent> {
+    let mut seen = in_flight.clone();
     let mut heads: Vec<PendingEvent> = rows
         .into_iter()
         .filter(|row| {
             seen.insert(row.aggregate_id)
-                && blocked.get(&row.aggregate_id).is_none_or(|&first| row.seq <= first)
+                && blocked
+                    .get(&row.aggregate_id)
+                    .is_none_or(|&first| row.seq <= first)
                 && row.due
         })
         .collect();
@@ -129,7 +138,11 @@ fn select_heads(rows: Vec<PendingEvent>, blocked: &HashMap<Uuid, i64>, limit: us
 ///
 /// # Errors
 /// Database errors.
-pub async fn mark_published(conn: &mut AsyncPgConnection, ids: &[Uuid], owner: &str) -> QueryResult<usize> {
+pub async fn mark_published(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    owner: &str,
+) -> QueryResult<usize> {
     diesel::sql_query(
         "UPDATE outbox SET published_at = now()
          WHERE id = ANY($1) AND published_at IS NULL
@@ -214,7 +227,11 @@ struct Count {
 /// # Errors
 /// Database errors; the caller must then stop publishing once its leases
 /// run out.
-pub async fn renew_leases(conn: &mut AsyncPgConnection, owner: &str, ttl: Duration) -> QueryResult<Vec<i16>> {
+pub async fn renew_leases(
+    conn: &mut AsyncPgConnection,
+    owner: &str,
+    ttl: Duration,
+) -> QueryResult<Vec<i16>> {
     let ttl_s = ttl.as_secs_f64();
     conn.transaction(async |conn| {
         diesel::sql_query(
@@ -224,16 +241,21 @@ pub async fn renew_leases(conn: &mut AsyncPgConnection, owner: &str, ttl: Durati
         .bind::<Text, _>(owner)
         .execute(conn)
         .await?;
-        diesel::sql_query("DELETE FROM outbox_relay_member WHERE heartbeat_at < now() - $1 * interval '1 second'")
-            .bind::<Double, _>(ttl_s)
-            .execute(conn)
-            .await?;
+        diesel::sql_query(
+            "DELETE FROM outbox_relay_member WHERE heartbeat_at < now() - $1 * interval '1 second'",
+        )
+        .bind::<Double, _>(ttl_s)
+        .execute(conn)
+        .await?;
         let members = diesel::sql_query("SELECT count(*) AS n FROM outbox_relay_member")
             .get_result::<Count>(conn)
             .await?
             .n
             .max(1);
-        let total = diesel::sql_query("SELECT count(*) AS n FROM outbox_lease").get_result::<Count>(conn).await?.n;
+        let total = diesel::sql_query("SELECT count(*) AS n FROM outbox_lease")
+            .get_result::<Count>(conn)
+            .await?
+            .n;
         let fair_share = usize::try_from((total + members - 1) / members).unwrap_or(usize::MAX);
 
         let mut held: Vec<i16> = diesel::sql_query(
@@ -289,10 +311,12 @@ pub async fn renew_leases(conn: &mut AsyncPgConnection, owner: &str, ttl: Durati
 /// # Errors
 /// Database errors.
 pub async fn release_leases(conn: &mut AsyncPgConnection, owner: &str) -> QueryResult<()> {
-    diesel::sql_query("UPDATE outbox_lease SET owner = NULL, expires_at = '-infinity' WHERE owner = $1")
-        .bind::<Text, _>(owner)
-        .execute(conn)
-        .await?;
+    diesel::sql_query(
+        "UPDATE outbox_lease SET owner = NULL, expires_at = '-infinity' WHERE owner = $1",
+    )
+    .bind::<Text, _>(owner)
+    .execute(conn)
+    .await?;
     diesel::sql_query("DELETE FROM outbox_relay_member WHERE owner = $1")
         .bind::<Text, _>(owner)
         .execute(conn)
@@ -332,7 +356,11 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> QueryResult<Stats> {
 ///
 /// # Errors
 /// Database errors.
-pub async fn delete_published(conn: &mut AsyncPgConnection, retention: Duration, batch: i64) -> QueryResult<usize> {
+pub async fn delete_published(
+    conn: &mut AsyncPgConnection,
+    retention: Duration,
+    batch: i64,
+) -> QueryResult<usize> {
     diesel::sql_query(
         "DELETE FROM outbox WHERE id IN (
              SELECT id FROM outbox
@@ -376,8 +404,19 @@ mod tests {
             event(5, 8, true),
         ];
         let blocked = HashMap::from([(Uuid::from_u128(3), 4), (Uuid::from_u128(4), 6)]);
-        let heads: Vec<i64> = select_heads(rows.clone(), &blocked, 10).iter().map(|e| e.seq).collect();
+        let none = HashSet::new();
+        let heads: Vec<i64> = select_heads(rows.clone(), &blocked, &none, 10)
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(heads, [1, 2, 8]);
-        assert_eq!(select_heads(rows, &blocked, 2).len(), 2);
+        assert_eq!(select_heads(rows.clone(), &blocked, &none, 2).len(), 2);
+        // An aggregate whose event is still awaiting its confirm yields nothing.
+        let flying = HashSet::from([Uuid::from_u128(2)]);
+        let heads: Vec<i64> = select_heads(rows, &blocked, &flying, 10)
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(heads, [1, 8]);
     }
 }
