@@ -34,6 +34,19 @@ pub struct SourceHealth {
 
 pub type Health = Arc<Mutex<std::collections::BTreeMap<String, SourceHealth>>>;
 
+/// Idle polls, LINGER_POLL apart, before the relay asks for a NOTIFY.
+const LINGER_POLLS: u32 = 4;
+const LINGER_POLL: Duration = Duration::from_millis(5);
+
+enum Waiting {
+    /// Registered, and nothing to do: sleep until NOTIFY or the poll interval.
+    Registered,
+    /// Registered, but the last look found work: registration cleared.
+    FoundWork,
+    /// Writers held the lock: events are coming, keep polling.
+    WritersBusy,
+}
+
 /// Rows read per partition per claim: enough to find many aggregates' heads.
 const WINDOW_PER_PARTITION: i64 = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -72,6 +85,7 @@ impl Source {
         let mut backoff = Duration::from_millis(100);
         // The batch whose confirms are outstanding while the next is sent.
         let mut in_flight: Option<InFlight> = None;
+        let mut idle_polls = 0u32;
 
         while !*shutdown.borrow() {
             if Instant::now() >= next_heartbeat {
@@ -110,6 +124,7 @@ impl Source {
             match worked {
                 Ok(n) if n > 0 => {
                     backoff = Duration::from_millis(100);
+                    idle_polls = 0;
                     continue; // more may be waiting: no pause
                 }
                 Ok(_) => backoff = Duration::from_millis(100),
@@ -124,11 +139,36 @@ impl Source {
                     continue;
                 }
             }
+            // Idle. Under a steady load the next event is milliseconds
+            // away: poll a few times before asking writers for a NOTIFY,
+            // which would cost them their group commit.
             let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
+            let mut pause = LINGER_POLL.min(until_heartbeat);
+            let mut registered = false;
+            if idle_polls >= LINGER_POLLS && !active.is_empty() {
+                match self
+                    .start_waiting(&mut publisher, active, &mut in_flight)
+                    .await
+                {
+                    Ok(Waiting::FoundWork) => continue,
+                    Ok(Waiting::Registered) => {
+                        registered = true;
+                        pause = self.relay.poll_interval.min(until_heartbeat);
+                    }
+                    Ok(Waiting::WritersBusy) => {}
+                    Err(e) => {
+                        tracing::warn!(source = %name, error = %format!("{e:#}"), "cannot register for NOTIFY; polling")
+                    }
+                }
+            }
+            idle_polls += 1;
             tokio::select! {
                 () = wake.notified() => {}
-                () = tokio::time::sleep(self.relay.poll_interval.min(until_heartbeat)) => {}
+                () = tokio::time::sleep(pause) => {}
                 _ = shutdown.changed() => {}
+            }
+            if registered && let Err(e) = self.stop_waiting().await {
+                tracing::warn!(source = %name, error = %format!("{e:#}"), "cannot clear the NOTIFY registration");
             }
         }
 
@@ -150,6 +190,31 @@ impl Source {
             }
         }
         tracing::info!(source = %name, "stopped");
+    }
+
+    /// Registers for NOTIFY (see `relay::start_waiting`), then looks for
+    /// work once more. Waking up clears the registration again.
+    async fn start_waiting(
+        &self,
+        publisher: &mut Publisher,
+        partitions: &[i16],
+        in_flight: &mut Option<InFlight>,
+    ) -> anyhow::Result<Waiting> {
+        let mut conn = self.pool.get().await?;
+        if !relay::start_waiting(&mut conn, &self.owner).await? {
+            return Ok(Waiting::WritersBusy);
+        }
+        drop(conn);
+        if self.cycle(publisher, partitions, in_flight).await? > 0 {
+            self.stop_waiting().await?;
+            return Ok(Waiting::FoundWork);
+        }
+        Ok(Waiting::Registered)
+    }
+
+    async fn stop_waiting(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.get().await?;
+        Ok(relay::stop_waiting(&mut conn, &self.owner).await?)
     }
 
     async fn renew(&self) -> anyhow::Result<Vec<i16>> {

@@ -190,3 +190,86 @@ async fn insert_round(client: &tokio_postgres::Client, round: &[(Uuid, i32)]) {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_relay_is_woken_by_notify_not_by_polling() {
+    let world = World::new().await;
+    let consumer = Consumer::start(&world.broker, &["#"]).await;
+    // Polling every minute: only a NOTIFY can deliver within the deadline.
+    let _relay = world
+        .relay(&[("RELAY_POLL_INTERVAL", "60s"), ("RELAY_LEASE_TTL", "120s")])
+        .await;
+    orderflow_testkit::wait_until(
+        "the relay waits for NOTIFY",
+        Duration::from_secs(20),
+        || async {
+            world
+                .scalar("SELECT count(*) FROM outbox_relay_member WHERE waiting")
+                .await
+                == 1
+        },
+    )
+    .await;
+
+    for n in 0..3 {
+        world
+            .insert(&world.sql().await, &[(Uuid::new_v4(), n)], "test.happened")
+            .await;
+        consumer
+            .wait_for(n as usize + 1, Duration::from_secs(10))
+            .await;
+        // Idle again before the next event, so each one needs its own wake-up.
+        orderflow_testkit::wait_until("the relay waits again", Duration::from_secs(10), || async {
+            world
+                .scalar("SELECT count(*) FROM outbox_relay_member WHERE waiting")
+                .await
+                == 1
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writers_do_not_notify_while_no_relay_waits() {
+    let world = World::new().await;
+    let client = world.sql().await;
+    let (listener, mut conn) = tokio_postgres::connect(world.db.url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let notified = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = notified.clone();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+            if matches!(m, tokio_postgres::AsyncMessage::Notification(_)) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN outbox_pending")
+        .await
+        .unwrap();
+
+    // No relay waits: an insert sends nothing.
+    world
+        .insert(&client, &[(Uuid::new_v4(), 0)], "test.happened")
+        .await;
+    // A relay waits: the next insert notifies.
+    client
+        .batch_execute("INSERT INTO outbox_relay_member (owner, heartbeat_at, waiting) VALUES ('r', now(), true)")
+        .await
+        .unwrap();
+    world
+        .insert(&client, &[(Uuid::new_v4(), 0)], "test.happened")
+        .await;
+
+    orderflow_testkit::wait_until(
+        "the second insert notifies",
+        Duration::from_secs(5),
+        || async { notified.load(std::sync::atomic::Ordering::SeqCst) >= 1 },
+    )
+    .await;
+    // Notifications arrive in commit order, so the first insert's would have come first.
+    assert_eq!(notified.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

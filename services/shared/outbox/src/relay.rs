@@ -324,6 +324,56 @@ pub async fn release_leases(conn: &mut AsyncPgConnection, owner: &str) -> QueryR
     Ok(())
 }
 
+/// The advisory lock writers hold (shared) from their outbox insert to
+/// their commit; see migration `conditional_notify`.
+const WRITERS_LOCK: i64 = 0x6f75_7462_6f78; // "outbox"
+
+/// Declares `owner` waiting for NOTIFY, once no writer that could have
+/// skipped its notification is still uncommitted. Returns `false` when
+/// writers kept the lock for 50 ms: work is on its way, poll instead.
+/// After `true`, look for work once more before sleeping.
+///
+/// # Errors
+/// Database errors other than the lock timeout.
+pub async fn start_waiting(conn: &mut AsyncPgConnection, owner: &str) -> QueryResult<bool> {
+    let result = conn
+        .transaction(async |conn| {
+            diesel::sql_query("SET LOCAL lock_timeout = '50ms'")
+                .execute(conn)
+                .await?;
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)::text")
+                .bind::<BigInt, _>(WRITERS_LOCK)
+                .execute(conn)
+                .await?;
+            diesel::sql_query("UPDATE outbox_relay_member SET waiting = true WHERE owner = $1")
+                .bind::<Text, _>(owner)
+                .execute(conn)
+                .await
+        })
+        .await;
+    match result {
+        Ok(updated) => Ok(updated == 1),
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().contains("lock timeout") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `owner` is busy again: writers need not notify on its account.
+///
+/// # Errors
+/// Database errors.
+pub async fn stop_waiting(conn: &mut AsyncPgConnection, owner: &str) -> QueryResult<()> {
+    diesel::sql_query("UPDATE outbox_relay_member SET waiting = false WHERE owner = $1 AND waiting")
+        .bind::<Text, _>(owner)
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
 /// The backlog of one outbox, for metrics and health.
 #[derive(Debug, Clone, Copy, Default, QueryableByName)]
 pub struct Stats {
