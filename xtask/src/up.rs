@@ -37,16 +37,35 @@ struct Component {
 }
 
 /// The local system, from the table in DESIGN.md ("Configuration and local defaults").
-const COMPONENTS: &[Component] = &[Component {
-    name: "order",
-    package: "orderflow-order",
-    binary: "order",
-    database: Some("orderflow_order"),
-    grpc_addr: Some("127.0.0.1:50051"),
-    // DESIGN.md reserves 9101 for its /metrics; the binary serves none yet.
-    http_addr: None,
-    extra_env: &[],
-}];
+const COMPONENTS: &[Component] = &[
+    Component {
+        name: "order",
+        package: "orderflow-order",
+        binary: "order",
+        database: Some("orderflow_order"),
+        grpc_addr: Some("127.0.0.1:50051"),
+        // DESIGN.md reserves 9101 for its /metrics; the binary serves none yet.
+        http_addr: None,
+        extra_env: &[],
+    },
+    Component {
+        // Publishes the order database's outbox to RabbitMQ; started after the
+        // order service, whose `migrate` created the tables it reads.
+        name: "outbox-relay",
+        package: "orderflow-outbox-relay",
+        binary: "outbox-relay",
+        database: None,
+        grpc_addr: None,
+        http_addr: Some("127.0.0.1:8080"),
+        extra_env: &[
+            (
+                "RELAY_SOURCES",
+                "order=postgres://postgres@127.0.0.1:5432/orderflow_order",
+            ),
+            ("RELAY_HTTP_ADDR", "127.0.0.1:8080"),
+        ],
+    },
+];
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The services' own SHUTDOWN_GRACE_PERIOD is 25 s; give them a bit more.

@@ -273,3 +273,56 @@ async fn writers_do_not_notify_while_no_relay_waits() {
     // Notifications arrive in commit order, so the first insert's would have come first.
     assert_eq!(notified.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_rows_past_retention_are_deleted_and_pending_rows_kept() {
+    let world = World::new().await;
+    let consumer = Consumer::start(&world.broker, &["test.ok"]).await;
+    let first = world.relay(&[]).await;
+    let client = world.sql().await;
+    world
+        .insert(&client, &[(Uuid::new_v4(), 0)], "test.ok")
+        .await;
+    consumer.wait_for(1, Duration::from_secs(20)).await;
+    orderflow_testkit::wait_until(
+        "the event is published over a second ago",
+        Duration::from_secs(20),
+        || async {
+            world
+                .scalar(
+                    "SELECT count(*) FROM outbox WHERE published_at < now() - interval '1 second'",
+                )
+                .await
+                == 1
+        },
+    )
+    .await;
+    first.terminate().await;
+    // A pending row (unroutable, parked at once) must survive any retention.
+    world
+        .insert(&client, &[(Uuid::new_v4(), 0)], "test.unrouted")
+        .await;
+
+    // The cleaner runs when a relay starts.
+    let _second = world
+        .relay(&[("RELAY_RETENTION", "1s"), ("RELAY_MAX_ATTEMPTS", "1")])
+        .await;
+
+    orderflow_testkit::wait_until(
+        "the published row is deleted",
+        Duration::from_secs(20),
+        || async {
+            world
+                .scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+    assert_eq!(
+        world
+            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .await,
+        1
+    );
+}
