@@ -49,7 +49,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut duration = 20u32;
     let mut clients = vec![1u32, 8, 32];
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag {
             "--duration" => duration = value.parse().context("--duration takes whole seconds")?,
             "--clients" => {
@@ -65,7 +67,14 @@ pub fn run(args: &[String]) -> Result<()> {
 
     infra::ensure_infra()?;
     cmd::run(
-        cmd::cargo().args(["build", "--release", "-p", "orderflow-order", "-p", "orderflow-loadgen"]),
+        cmd::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "orderflow-order",
+            "-p",
+            "orderflow-loadgen",
+        ]),
         "building the release binaries",
         "fix the build error above",
     )?;
@@ -76,7 +85,9 @@ pub fn run(args: &[String]) -> Result<()> {
     recreate_database()?;
     let url = format!("postgres://postgres@127.0.0.1:5432/{DB}");
     cmd::output(
-        Command::new(release.join("order")).arg("migrate").env("DATABASE_URL", &url),
+        Command::new(release.join("order"))
+            .arg("migrate")
+            .env("DATABASE_URL", &url),
         "migrating the bench database",
         "see the error above",
     )?;
@@ -86,7 +97,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let server = Server::start(&release.join("order"), &url, &work.join("order.log"))?;
     let mut rows = Vec::new();
     for &c in &clients {
-        eprintln!("== {c} client(s): pgbench, pgbench without the outbox trigger, loadgen ({duration} s each)");
+        eprintln!(
+            "== {c} client(s): pgbench, pgbench without the outbox trigger, loadgen ({duration} s each)"
+        );
         let pgbench_tps = pgbench(&script, c, duration)?;
         set_notify_trigger(false)?;
         let no_notify = pgbench(&script, c, duration);
@@ -108,13 +121,19 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let report = render(&rows, peak_rss_kib, duration, &clients)?;
     println!("{report}");
-    write_section(&cmd::workspace_root().join("BENCHMARKS.md"), "create-order", &report)
+    write_section(
+        &cmd::workspace_root().join("BENCHMARKS.md"),
+        "create-order",
+        &report,
+    )
 }
 
 fn relay<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
     let mut events = 200_000u32;
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag {
             "--events" => events = value.parse().context("--events takes a number")?,
             _ => bail!("unknown flag {flag}"),
@@ -122,7 +141,14 @@ fn relay<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
     }
     infra::ensure_infra()?;
     cmd::run(
-        cmd::cargo().args(["build", "--release", "-p", "orderflow-outbox-relay", "-p", "orderflow-relay-bench"]),
+        cmd::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "orderflow-outbox-relay",
+            "-p",
+            "orderflow-relay-bench",
+        ]),
         "building the release binaries",
         "fix the build error above",
     )?;
@@ -135,13 +161,24 @@ fn relay<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
         "relay-bench",
         "see its output above",
     )?;
-    let commit = cmd::output(Command::new("git").args(["rev-parse", "--short", "HEAD"]), "git", "")
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let commit = cmd::output(
+        Command::new("git").args(["rev-parse", "--short", "HEAD"]),
+        "git",
+        "",
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default();
     let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
-    writeln!(report, "\nMeasured with `cargo xtask bench relay --events {events}` at commit {commit}.")?;
+    writeln!(
+        report,
+        "\nMeasured with `cargo xtask bench relay --events {events}` at commit {commit}."
+    )?;
     println!("{report}");
-    write_section(&cmd::workspace_root().join("BENCHMARKS.md"), "relay", &report)
+    write_section(
+        &cmd::workspace_root().join("BENCHMARKS.md"),
+        "relay",
+        &report,
+    )
 }
 
 /// The same statements the service sends for a two-line order, with a body
@@ -155,7 +192,9 @@ COMMIT;
 
 fn psql(sql: &str, database: &str) -> Result<()> {
     cmd::output(
-        cmd::tool("psql").args(PG).args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql, database]),
+        cmd::tool("psql")
+            .args(PG)
+            .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql, database]),
         "psql",
         "is PostgreSQL up? `cargo xtask up` starts it",
     )
@@ -168,32 +207,40 @@ fn recreate_database() -> Result<()> {
 }
 
 fn drop_database() -> Result<()> {
-    psql(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"), "postgres")
+    psql(
+        &format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
+        "postgres",
+    )
 }
 
 fn set_notify_trigger(enabled: bool) -> Result<()> {
     let action = if enabled { "ENABLE" } else { "DISABLE" };
-    psql(&format!("ALTER TABLE outbox {action} TRIGGER outbox_notify"), DB)
+    psql(
+        &format!("ALTER TABLE outbox {action} TRIGGER outbox_notify"),
+        DB,
+    )
 }
 
 /// Transactions per second reported by pgbench (prepared statements, as
 /// diesel-async uses).
 fn pgbench(script: &Path, clients: u32, seconds: u32) -> Result<f64> {
     let out = cmd::output(
-        cmd::tool("pgbench").args(PG).args([
-            "-n",
-            "-M",
-            "prepared",
-            "-c",
-            &clients.to_string(),
-            "-j",
-            &clients.min(2).to_string(),
-            "-T",
-            &seconds.to_string(),
-            "-f",
-        ])
-        .arg(script)
-        .arg(DB),
+        cmd::tool("pgbench")
+            .args(PG)
+            .args([
+                "-n",
+                "-M",
+                "prepared",
+                "-c",
+                &clients.to_string(),
+                "-j",
+                &clients.min(2).to_string(),
+                "-T",
+                &seconds.to_string(),
+                "-f",
+            ])
+            .arg(script)
+            .arg(DB),
         "pgbench",
         "pgbench comes with postgresql-contrib",
     )?;
@@ -210,17 +257,34 @@ fn loadgen(bin: &Path, work: &Path, clients: u32, seconds: u32) -> Result<(f64, 
     let json = work.join(format!("loadgen-{clients}.json"));
     cmd::output(
         Command::new(bin)
-            .args(["create-orders", "--target", &format!("http://{ADDR}"), "--lines", "2", "--warmup", "3s"])
-            .args(["--concurrency", &clients.to_string(), "--duration", &format!("{seconds}s"), "--json"])
+            .args([
+                "create-orders",
+                "--target",
+                &format!("http://{ADDR}"),
+                "--lines",
+                "2",
+                "--warmup",
+                "3s",
+            ])
+            .args([
+                "--concurrency",
+                &clients.to_string(),
+                "--duration",
+                &format!("{seconds}s"),
+                "--json",
+            ])
             .arg(&json),
         "loadgen",
         "see its output above",
     )?;
     let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json)?)?;
-    let num = |k: &str| v[k].as_f64().with_context(|| format!("loadgen JSON lacks {k}: {v}"));
-    let errors = v["errors"]
-        .as_object()
-        .map_or(0, |m| m.values().filter_map(serde_json::Value::as_u64).sum());
+    let num = |k: &str| {
+        v[k].as_f64()
+            .with_context(|| format!("loadgen JSON lacks {k}: {v}"))
+    };
+    let errors = v["errors"].as_object().map_or(0, |m| {
+        m.values().filter_map(serde_json::Value::as_u64).sum()
+    });
     Ok((num("rate_per_s")?, num("p50_ms")?, num("p99_ms")?, errors))
 }
 
@@ -244,8 +308,13 @@ impl Server {
             .spawn()
             .context("starting order serve")?;
         let server = Self { child };
-        if !cmd::poll_until(Duration::from_secs(30), Duration::from_millis(50), || cmd::port_open(ADDR)) {
-            bail!("order serve did not listen on {ADDR} within 30 s; see {}", log.display());
+        if !cmd::poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+            cmd::port_open(ADDR)
+        }) {
+            bail!(
+                "order serve did not listen on {ADDR} within 30 s; see {}",
+                log.display()
+            );
         }
         Ok(server)
     }
@@ -262,7 +331,9 @@ impl Server {
     }
 
     fn stop(mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
@@ -274,19 +345,40 @@ impl Drop for Server {
 }
 
 fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Result<String> {
-    let commit = cmd::output(Command::new("git").args(["rev-parse", "--short", "HEAD"]), "git", "")
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    let date = cmd::output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]), "date", "")
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let commit = cmd::output(
+        Command::new("git").args(["rev-parse", "--short", "HEAD"]),
+        "git",
+        "",
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default();
+    let date = cmd::output(
+        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "date",
+        "",
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let list = clients.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+    let list = clients
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut s = String::new();
     writeln!(s, "## CreateOrder throughput vs pgbench\n")?;
-    writeln!(s, "`cargo xtask bench create-order --duration {duration} --clients {list}` on {date}, commit {commit}, {cores} cores (shared machine), PostgreSQL at 127.0.0.1 with `fsync` and `synchronous_commit` on.\n")?;
-    writeln!(s, "Each level runs pgbench, then pgbench with the outbox trigger disabled (the trigger notifies only while a relay waits; none runs here, so it costs one shared advisory lock and one lookup), then the load generator, each for {duration} s, on the same database. pgbench sends the statements the service sends for a two-line order (INSERT order, INSERT lines, INSERT outbox row with a ~600-byte CloudEvents body, in one transaction; prepared statements). The load generator is closed-loop: each client sends the next CreateOrder when the previous one returns; latencies exclude a 3 s warm-up. The service runs with `DATABASE_POOL_SIZE=32`.\n")?;
-    writeln!(s, "| clients | pgbench tx/s | CreateOrder/s | ratio | p50 ms | p99 ms | errors | pgbench tx/s without the trigger |")?;
+    writeln!(
+        s,
+        "`cargo xtask bench create-order --duration {duration} --clients {list}` on {date}, commit {commit}, {cores} cores (shared machine), PostgreSQL at 127.0.0.1 with `fsync` and `synchronous_commit` on.\n"
+    )?;
+    writeln!(
+        s,
+        "Each level runs pgbench, then pgbench with the outbox trigger disabled (the trigger notifies only while a relay waits; none runs here, so it costs one shared advisory lock and one lookup), then the load generator, each for {duration} s, on the same database. pgbench sends the statements the service sends for a two-line order (INSERT order, INSERT lines, INSERT outbox row with a ~600-byte CloudEvents body, in one transaction; prepared statements). The load generator is closed-loop: each client sends the next CreateOrder when the previous one returns; latencies exclude a 3 s warm-up. The service runs with `DATABASE_POOL_SIZE=32`.\n"
+    )?;
+    writeln!(
+        s,
+        "| clients | pgbench tx/s | CreateOrder/s | ratio | p50 ms | p99 ms | errors | pgbench tx/s without the trigger |"
+    )?;
     writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in rows {
         writeln!(
@@ -302,17 +394,28 @@ fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Re
             r.pgbench_no_notify_tps
         )?;
     }
-    writeln!(s, "\nPeak RSS of the order service (VmHWM) over the whole run: {:.1} MiB.", peak_rss_kib as f64 / 1024.0)?;
+    writeln!(
+        s,
+        "\nPeak RSS of the order service (VmHWM) over the whole run: {:.1} MiB.",
+        peak_rss_kib as f64 / 1024.0
+    )?;
     Ok(s)
 }
 
 /// Replaces the `name` section of BENCHMARKS.md, keeping the others.
 fn write_section(path: &PathBuf, name: &str, report: &str) -> Result<()> {
-    let (start, end) = (format!("<!-- bench:{name}:start -->"), format!("<!-- bench:{name}:end -->"));
+    let (start, end) = (
+        format!("<!-- bench:{name}:start -->"),
+        format!("<!-- bench:{name}:end -->"),
+    );
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".to_owned());
     let section = format!("{start}\n{report}{end}\n");
     let new = match (old.find(&start), old.find(&end)) {
-        (Some(a), Some(b)) if b > a => format!("{}{section}{}", &old[..a], old[b + end.len()..].trim_start_matches('\n')),
+        (Some(a), Some(b)) if b > a => format!(
+            "{}{section}{}",
+            &old[..a],
+            old[b + end.len()..].trim_start_matches('\n')
+        ),
         _ => format!("{}\n{section}", old.trim_end()),
     };
     std::fs::write(path, new)?;

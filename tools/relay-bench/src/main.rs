@@ -24,7 +24,10 @@ use orderflow_amqp::{
     Topology,
     lapin::{
         BasicProperties,
-        options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions},
+        options::{
+            BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions,
+            QueueDeclareOptions,
+        },
         types::FieldTable,
     },
 };
@@ -38,8 +41,13 @@ const PAYLOAD_PAD: usize = 520;
 #[tokio::main]
 async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let relay_bin = args.next().context("usage: relay-bench <path to outbox-relay> [events]")?;
-    let events: usize = args.next().map_or(Ok(200_000), |n| n.parse()).context("events must be a number")?;
+    let relay_bin = args
+        .next()
+        .context("usage: relay-bench <path to outbox-relay> [events]")?;
+    let events: usize = args
+        .next()
+        .map_or(Ok(200_000), |n| n.parse())
+        .context("events must be a number")?;
 
     let broker = TestBroker::new();
     let db = TestDatabase::new("order", orderflow_order::MIGRATIONS).await;
@@ -60,19 +68,31 @@ async fn main() -> Result<()> {
 
     eprintln!("latency: 1,000 events/s for 30 s");
     received.clear();
-    let (achieved, p50, p90, p99, max) = steady_latency(db.url(), &received, 1_000, Duration::from_secs(30)).await?;
+    let (achieved, p50, p90, p99, max) =
+        steady_latency(db.url(), &received, 1_000, Duration::from_secs(30)).await?;
     let rss = peak_rss_kib(relay.id().context("relay pid")?)?;
     let _ = relay.kill().await;
 
     println!("## outbox-relay throughput and latency\n");
-    println!("Broker and database on this machine (2 cores, shared), one relay process (release build, `RELAY_BATCH_SIZE=500`), a consumer draining the queue. Events are ~600-byte JSON bodies, persistent, with publisher confirms and `mandatory`.\n");
+    println!(
+        "Broker and database on this machine (2 cores, shared), one relay process (release build, `RELAY_BATCH_SIZE=500`), a consumer draining the queue. Events are ~600-byte JSON bodies, persistent, with publisher confirms and `mandatory`.\n"
+    );
     println!("| measure | result |");
     println!("|---|---|");
-    println!("| raw lapin, confirmed, pipelined batches of {BATCH} ({events} messages) | {raw_rate:.0} msg/s |");
-    println!("| relay draining {events} pre-inserted rows (10 events per aggregate, 20,000 aggregates per 200,000) | {relay_rate:.0} events/s |");
+    println!(
+        "| raw lapin, confirmed, pipelined batches of {BATCH} ({events} messages) | {raw_rate:.0} msg/s |"
+    );
+    println!(
+        "| relay draining {events} pre-inserted rows (10 events per aggregate, 20,000 aggregates per 200,000) | {relay_rate:.0} events/s |"
+    );
     println!("| ratio relay / raw | {:.2} |", relay_rate / raw_rate);
-    println!("| latency COMMIT → consumer delivery at {achieved:.0} events/s: p50 / p90 / p99 / max | {p50:.1} / {p90:.1} / {p99:.1} / {max:.1} ms |");
-    println!("| relay peak RSS (VmHWM) | {:.1} MiB |", rss as f64 / 1024.0);
+    println!(
+        "| latency COMMIT → consumer delivery at {achieved:.0} events/s: p50 / p90 / p99 / max | {p50:.1} / {p90:.1} / {p99:.1} / {max:.1} ms |"
+    );
+    println!(
+        "| relay peak RSS (VmHWM) | {:.1} MiB |",
+        rss as f64 / 1024.0
+    );
     Ok(())
 }
 
@@ -92,20 +112,46 @@ impl Received {
         let channel = conn.create_channel().await?;
         Topology::declare_exchange(&channel, "order").await?;
         channel
-            .queue_declare("bench".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+            .queue_declare(
+                "bench".into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
         channel
-            .queue_bind("bench".into(), "orderflow.order".into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+            .queue_bind(
+                "bench".into(),
+                "orderflow.order".into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         let mut deliveries = channel
-            .basic_consume("bench".into(), "bench".into(), BasicConsumeOptions { no_ack: true, ..Default::default() }, FieldTable::default())
+            .basic_consume(
+                "bench".into(),
+                "bench".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
             .await?;
         let seen = Self(Arc::new(Mutex::new(HashMap::new())));
         let sink = seen.clone();
         tokio::spawn(async move {
             let _keep = conn;
             while let Some(Ok(d)) = deliveries.next().await {
-                let id = d.properties.message_id().as_ref().map(ToString::to_string).unwrap_or_default();
+                let id = d
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
                 sink.lock().entry(id).or_insert_with(Instant::now);
             }
         });
@@ -113,7 +159,9 @@ impl Received {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn clear(&self) {
@@ -124,7 +172,10 @@ impl Received {
         let deadline = Instant::now() + timeout;
         while self.lock().len() < n {
             if Instant::now() > deadline {
-                bail!("only {} of {n} messages arrived within {timeout:?}", self.lock().len());
+                bail!(
+                    "only {} of {n} messages arrived within {timeout:?}",
+                    self.lock().len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -133,13 +184,18 @@ impl Received {
 }
 
 fn body(agg: &str, n: usize) -> String {
-    format!(r#"{{"agg":"{agg}","n":{n},"pad":"{}"}}"#, "x".repeat(PAYLOAD_PAD))
+    format!(
+        r#"{{"agg":"{agg}","n":{n},"pad":"{}"}}"#,
+        "x".repeat(PAYLOAD_PAD)
+    )
 }
 
 async fn raw_publish(broker: &TestBroker, events: usize, received: &Received) -> Result<f64> {
     let conn = orderflow_amqp::connect(&broker.url(), "bench-raw").await?;
     let channel = conn.create_channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
     let agg = Uuid::new_v4().to_string();
     let payload = body(&agg, 0);
     let started = Instant::now();
@@ -158,7 +214,10 @@ async fn raw_publish(broker: &TestBroker, events: usize, received: &Received) ->
                     .basic_publish(
                         "orderflow.order".into(),
                         "bench.happened".into(),
-                        BasicPublishOptions { mandatory: true, immediate: false },
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
                         payload.as_bytes(),
                         props,
                     )
@@ -247,8 +306,13 @@ async fn steady_latency(
         t.await??;
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let committed = committed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-    received.wait_for(committed.len(), Duration::from_secs(60)).await?;
+    let committed = committed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    received
+        .wait_for(committed.len(), Duration::from_secs(60))
+        .await?;
     let seen = received.lock().clone();
     let mut hist = hdrhistogram::Histogram::<u64>::new(3)?;
     for (id, at) in &committed {
@@ -257,7 +321,13 @@ async fn steady_latency(
         }
     }
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok((committed.len() as f64 / elapsed, ms(0.5), ms(0.9), ms(0.99), hist.max() as f64 / 1000.0))
+    Ok((
+        committed.len() as f64 / elapsed,
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        hist.max() as f64 / 1000.0,
+    ))
 }
 
 fn peak_rss_kib(pid: u32) -> Result<u64> {

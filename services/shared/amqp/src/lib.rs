@@ -2,8 +2,7 @@
 
 use anyhow::Context as _;
 use lapin::{
-    Channel, Connection, ConnectionProperties, ExchangeKind,
-    options::ExchangeDeclareOptions,
+    Channel, Connection, ConnectionProperties, ExchangeKind, options::ExchangeDeclareOptions,
     types::FieldTable,
 };
 use orderflow_config::Source;
@@ -36,7 +35,10 @@ impl Topology {
             .exchange_declare(
                 Self::exchange(service).as_str().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
                 FieldTable::default(),
             )
             .await
@@ -84,7 +86,13 @@ mod tests {
     fn names_and_urls() {
         assert_eq!(Topology::exchange("order"), "orderflow.order");
         assert_eq!(with_heartbeat("amqp://h/%2f"), "amqp://h/%2f?heartbeat=10");
-        assert_eq!(with_heartbeat("amqp://h/v?x=1"), "amqp://h/v?x=1&heartbeat=10");
-        assert_eq!(redact("amqp://guest:guest@h:5672/%2f"), "amqp://guest:***@h:5672/%2f");
+        assert_eq!(
+            with_heartbeat("amqp://h/v?x=1"),
+            "amqp://h/v?x=1&heartbeat=10"
+        );
+        assert_eq!(
+            redact("amqp://guest:guest@h:5672/%2f"),
+            "amqp://guest:***@h:5672/%2f"
+        );
     }
 }
