@@ -387,17 +387,17 @@ fn new_uuid() -> Result<String> {
 fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &Smoke, took: Duration) {
     println!("\norderflow is up ({:.1}s):", took.as_secs_f64());
     for (c, pid) in COMPONENTS.iter().zip(pids) {
-        let mut line = format!("  {:<13} pid {pid:<7}", c.name);
-        if let Some(addr) = c.grpc_addr {
-            line += &format!(" gRPC {addr}");
-        }
-        if let Some(addr) = c.http_addr {
-            line += &format!("  HTTP {addr}");
-        }
-        if let Some(db) = c.database {
-            line += &format!("  db {db}");
-        }
-        println!("{line}  log {}", relative(&log_path(c)));
+        let parts: Vec<String> = [
+            Some(format!("pid {pid:<7}")),
+            c.grpc_addr.map(|a| format!("gRPC {a}")),
+            c.http_addr.map(|a| format!("HTTP {a}")),
+            c.database.map(|db| format!("db {db}")),
+            Some(format!("log {}", relative(&log_path(c)))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        println!("  {:<13} {}", c.name, parts.join("  "));
     }
     println!("  PostgreSQL    {PG_HOST}:{PG_PORT} (user {PG_USER}, no password)");
     println!(
