@@ -319,8 +319,9 @@ impl Source {
 
     /// Returns only with the error that ended the connection.
     async fn listen_once(&self, wake: &Notify) -> anyhow::Result<()> {
-        let (client, mut connection) =
-            tokio_postgres::connect(&self.config.database_url, tokio_postgres::NoTls).await?;
+        let mut config: tokio_postgres::Config = self.config.database_url.parse()?;
+        config.application_name(format!("outbox-relay/{}/listen", self.config.name));
+        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         // Drives the connection; completes only when it fails or closes.
         let forward = async {

@@ -326,3 +326,57 @@ async fn published_rows_past_retention_are_deleted_and_pending_rows_kept() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_lost_when_database_connections_are_killed_mid_stream() {
+    let world = World::new().await;
+    let consumer = Consumer::start(&world.broker, &["#"]).await;
+    let _relay = world.relay(&[]).await;
+    let aggs: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+    let admin = world.sql().await;
+
+    // 100 rounds of 100 events; every relay backend (pool and LISTEN) is
+    // terminated twice while they flow, as a database restart would.
+    let mut killed = 0;
+    for n in 0..100 {
+        let round: Vec<(Uuid, i32)> = aggs.iter().map(|a| (*a, n)).collect();
+        insert_round(&admin, &round).await;
+        if n == 30 || n == 70 {
+            orderflow_testkit::wait_until("the relay has database connections", Duration::from_secs(20), || async {
+                world.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'outbox-relay/%'").await > 0
+            })
+            .await;
+            killed += world
+                .scalar(
+                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                     WHERE application_name LIKE 'outbox-relay/%') t",
+                )
+                .await;
+        }
+    }
+    consumer.wait_for(10_000, Duration::from_secs(120)).await;
+
+    assert!(killed >= 2, "{killed} relay backends terminated");
+    orderflow_testkit::wait_until(
+        "every event is marked published",
+        Duration::from_secs(30),
+        || async {
+            world
+                .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+    let (by_agg, duplicates) = crate::helpers::first_seen_by_aggregate(&consumer.snapshot());
+    for (agg, ns) in &by_agg {
+        assert_eq!(
+            ns,
+            &(0..100).collect::<Vec<i64>>(),
+            "aggregate {agg} out of order or incomplete"
+        );
+    }
+    eprintln!(
+        "database connections killed ({killed} backends): 10000 events, {duplicates} duplicate deliveries"
+    );
+}
