@@ -1,10 +1,11 @@
 //! `outbox-relay` (or `outbox-relay serve`): publish until SIGTERM.
 //! `outbox-relay unpark --source order [--id <uuid>...]`: put parked events
-//! back in line. Configuration: see `config.rs` and README.md.
+//! back in line. Configuration: see README.md.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection};
 use orderflow_config::Env;
 use orderflow_outbox_relay::config::RelayConfig;
 
@@ -32,30 +33,12 @@ enum Command {
     },
 }
 
-const EX_CONFIG: u8 = 78;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match RelayConfig::from_source(&Env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let _telemetry = orderflow_telemetry::init("orderflow-outbox-relay", &Env)?;
-        match cli.command.unwrap_or(Command::Serve) {
+    orderflow_grpc::run_binary(
+        "orderflow-outbox-relay",
+        RelayConfig::from_source(&Env),
+        async |config| match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => {
                 orderflow_outbox_relay::run(config, orderflow_grpc::shutdown_signal()).await
             }
@@ -65,23 +48,12 @@ fn main() -> ExitCode {
                     .iter()
                     .find(|s| s.name == source)
                     .ok_or_else(|| anyhow::anyhow!("no source named {source} in RELAY_SOURCES"))?;
-                let mut conn =
-                    <diesel_async::AsyncPgConnection as diesel_async::AsyncConnection>::establish(
-                        &src.database_url,
-                    )
-                    .await?;
+                let mut conn = AsyncPgConnection::establish(&src.database_url).await?;
                 let ids = (!ids.is_empty()).then_some(ids);
                 let n = orderflow_outbox::relay::unpark(&mut conn, ids.as_deref()).await?;
                 println!("{n} parked event(s) of {source} will be retried");
                 Ok(())
             }
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        },
+    )
 }

@@ -23,6 +23,17 @@ use anyhow::{Context as _, Result, bail};
 use crate::{cmd, infra};
 
 const DB: &str = "of_bench_order";
+/// pgbench/loadgen pairs per client level.
+const ROUNDS: usize = 4;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
 const ADDR: &str = "127.0.0.1:50095";
 const PG: [&str; 4] = ["-h", "127.0.0.1", "-U", "postgres"];
 
@@ -32,6 +43,9 @@ struct Row {
     pgbench_tps: f64,
     pgbench_no_notify_tps: f64,
     rate: f64,
+    /// Median of the per-round ratios, and the rounds' ratios.
+    ratio: f64,
+    ratios: Vec<f64>,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
@@ -46,7 +60,7 @@ pub fn run(args: &[String]) -> Result<()> {
             "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] (got {other:?})"
         ),
     }
-    let mut duration = 20u32;
+    let mut duration = 8u32;
     let mut clients = vec![1u32, 8, 32];
     while let Some(flag) = args.next() {
         let value = args
@@ -98,21 +112,30 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for &c in &clients {
         eprintln!(
-            "== {c} client(s): pgbench, pgbench without the outbox trigger, loadgen ({duration} s each)"
+            "== {c} client(s): {ROUNDS} rounds of pgbench then loadgen, {duration} s each; then pgbench without the trigger"
         );
-        let pgbench_tps = pgbench(&script, c, duration)?;
+        // Alternating short samples keeps both sides under the same machine
+        // conditions (this machine's disk latency drifts by minutes).
+        let mut pg = Vec::new();
+        let mut load = Vec::new();
+        for _ in 0..ROUNDS {
+            pg.push(pgbench(&script, c, duration)?);
+            load.push(loadgen(&release.join("loadgen"), &work, c, duration)?);
+        }
         set_notify_trigger(false)?;
-        let no_notify = pgbench(&script, c, duration);
+        let no_trigger = pgbench(&script, c, duration);
         set_notify_trigger(true)?;
-        let load = loadgen(&release.join("loadgen"), &work, c, duration)?;
+        let ratios: Vec<f64> = pg.iter().zip(&load).map(|(p, l)| l.0 / p).collect();
         rows.push(Row {
             clients: c,
-            pgbench_tps,
-            pgbench_no_notify_tps: no_notify?,
-            rate: load.0,
-            p50_ms: load.1,
-            p99_ms: load.2,
-            errors: load.3,
+            pgbench_tps: median(pg),
+            pgbench_no_notify_tps: no_trigger?,
+            rate: median(load.iter().map(|l| l.0).collect()),
+            ratio: median(ratios.clone()),
+            ratios,
+            p50_ms: median(load.iter().map(|l| l.1).collect()),
+            p99_ms: median(load.iter().map(|l| l.2).collect()),
+            errors: load.iter().map(|l| l.3).sum(),
         });
     }
     let peak_rss_kib = server.peak_rss_kib()?;
@@ -373,7 +396,7 @@ fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Re
     )?;
     writeln!(
         s,
-        "Each level runs pgbench, then pgbench with the outbox trigger disabled (the trigger notifies only while a relay waits; none runs here, so it costs one shared advisory lock and one lookup), then the load generator, each for {duration} s, on the same database. pgbench sends the statements the service sends for a two-line order (INSERT order, INSERT lines, INSERT outbox row with a ~600-byte CloudEvents body, in one transaction; prepared statements). The load generator is closed-loop: each client sends the next CreateOrder when the previous one returns; latencies exclude a 3 s warm-up. The service runs with `DATABASE_POOL_SIZE=32`.\n"
+        "Each level runs pgbench, then pgbench with the outbox trigger disabled (the trigger notifies only while a relay waits; none runs here, so it costs one shared advisory lock and one lookup), then the load generator, each for {duration} s, on the same database. pgbench sends the statements the service sends for a two-line order (INSERT order, INSERT lines, INSERT outbox row with a ~600-byte CloudEvents body, in one transaction; prepared statements). The load generator is closed-loop: each client sends the next CreateOrder when the previous one returns; latencies exclude a 3 s warm-up per round. The service runs with `DATABASE_POOL_SIZE=32`.\n"
     )?;
     writeln!(
         s,
@@ -383,11 +406,16 @@ fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Re
     for r in rows {
         writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.2} ({}) | {:.2} | {:.2} | {} | {:.0} |",
             r.clients,
             r.pgbench_tps,
             r.rate,
-            r.rate / r.pgbench_tps,
+            r.ratio,
+            r.ratios
+                .iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             r.p50_ms,
             r.p99_ms,
             r.errors,

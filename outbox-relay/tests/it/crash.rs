@@ -3,7 +3,7 @@ use std::time::Duration;
 use rand::Rng as _;
 use uuid::Uuid;
 
-use crate::helpers::{Consumer, World, first_seen_by_aggregate};
+use crate::helpers::{Consumer, World, first_seen_by_aggregate, insert};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_event_survives_five_sigkills_of_the_relay() {
@@ -117,7 +117,7 @@ async fn three_replicas_keep_per_aggregate_order_when_one_is_killed() {
     let mut victim = Some(victim);
     for n in 0..EVENTS {
         let round: Vec<(Uuid, i32)> = aggs.iter().map(|a| (*a, n)).collect();
-        world.insert(&client, &round, "test.happened").await;
+        insert(&client, &round, "test.happened").await;
         if n == EVENTS / 3 {
             victim.take().unwrap().kill().await;
         }

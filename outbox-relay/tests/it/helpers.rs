@@ -1,6 +1,5 @@
 use std::{
     collections::HashMap,
-    process::Stdio,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -16,10 +15,7 @@ use orderflow_amqp::{
 };
 use orderflow_testkit::{TestBroker, TestDatabase};
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_outbox-relay");
@@ -47,28 +43,6 @@ impl World {
         client
     }
 
-    /// Appends one event per `(aggregate, n)` in the given order, in one
-    /// transaction, with `{"agg": .., "n": ..}` as payload.
-    pub async fn insert(
-        &self,
-        client: &tokio_postgres::Client,
-        events: &[(Uuid, i32)],
-        event_type: &str,
-    ) {
-        let aggs: Vec<String> = events.iter().map(|(a, _)| a.to_string()).collect();
-        let ns: Vec<i32> = events.iter().map(|(_, n)| *n).collect();
-        client
-            .execute(
-                "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, headers)
-                 SELECT gen_random_uuid(), 'test', a::uuid, $3, jsonb_build_object('agg', a, 'n', n),
-                        '{\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"}'
-                 FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(a, n, i) ORDER BY i",
-                &[&aggs, &ns, &event_type],
-            )
-            .await
-            .unwrap();
-    }
-
     pub async fn scalar(&self, sql: &str) -> i64 {
         self.sql().await.query_one(sql, &[]).await.unwrap().get(0)
     }
@@ -81,32 +55,11 @@ impl World {
             .env("RELAY_HTTP_ADDR", "127.0.0.1:0")
             .env("RELAY_LEASE_TTL", "2s")
             .env("RELAY_POLL_INTERVAL", "200ms")
-            .env("RELAY_PUBLISH_TIMEOUT", "3s")
-            .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", "info");
+            .env("RELAY_PUBLISH_TIMEOUT", "3s");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("relay starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let http = tokio::time::timeout(Duration::from_secs(30), async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let Ok(log) = serde_json::from_str::<Value>(&line) else {
-                    continue;
-                };
-                if let Some(addr) = log["fields"]["http.addr"].as_str() {
-                    return addr.to_owned();
-                }
-            }
-            panic!("relay exited before listening");
-        })
-        .await
-        .expect("relay listens within 30 s");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (child, http) = orderflow_testkit::spawn_until_logged(&mut cmd, "http.addr").await;
         Relay { child, http }
     }
 }
@@ -276,4 +229,56 @@ pub fn first_seen_by_aggregate(received: &[Received]) -> (HashMap<String, Vec<i6
             .push(m.body["n"].as_i64().unwrap_or(-1));
     }
     (by_agg, duplicates)
+}
+
+/// Appends one event per `(aggregate, n)` in the given order, in one
+/// transaction, with `{"agg": .., "n": ..}` as payload.
+pub async fn insert(client: &tokio_postgres::Client, events: &[(Uuid, i32)], event_type: &str) {
+    let aggs: Vec<String> = events.iter().map(|(a, _)| a.to_string()).collect();
+    let ns: Vec<i32> = events.iter().map(|(_, n)| *n).collect();
+    client
+        .execute(
+            "INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, headers)
+             SELECT gen_random_uuid(), 'test', a::uuid, $3, jsonb_build_object('agg', a, 'n', n),
+                    '{\"traceparent\":\"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\"}'
+             FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(a, n, i) ORDER BY i",
+            &[&aggs, &ns, &event_type],
+        )
+        .await
+        .unwrap();
+}
+
+/// Waits until `consumer` saw `aggregates * rounds` distinct events and the
+/// outbox has none pending, checks every aggregate got 0..rounds in order,
+/// and returns the number of duplicate deliveries.
+pub async fn assert_all_delivered_in_order(
+    world: &World,
+    consumer: &Consumer,
+    aggregates: usize,
+    rounds: i64,
+) -> usize {
+    consumer
+        .wait_for(aggregates * rounds as usize, Duration::from_secs(120))
+        .await;
+    orderflow_testkit::wait_until(
+        "every event is marked published",
+        Duration::from_secs(30),
+        || async {
+            world
+                .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0
+        },
+    )
+    .await;
+    let (by_agg, duplicates) = first_seen_by_aggregate(&consumer.snapshot());
+    assert_eq!(by_agg.len(), aggregates);
+    for (agg, ns) in &by_agg {
+        assert_eq!(
+            ns,
+            &(0..rounds).collect::<Vec<i64>>(),
+            "aggregate {agg} out of order or incomplete"
+        );
+    }
+    duplicates
 }

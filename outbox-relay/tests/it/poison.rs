@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::helpers::{Consumer, World};
+use crate::helpers::{Consumer, World, insert};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unroutable_event_is_parked_and_blocks_only_its_own_aggregate() {
@@ -15,14 +15,13 @@ async fn an_unroutable_event_is_parked_and_blocks_only_its_own_aggregate() {
     let client = world.sql().await;
     let (poisoned, healthy) = (Uuid::new_v4(), Uuid::new_v4());
 
-    world.insert(&client, &[(poisoned, 0)], "test.poison").await;
-    world
-        .insert(
-            &client,
-            &[(poisoned, 1), (healthy, 0), (healthy, 1)],
-            "test.ok",
-        )
-        .await;
+    insert(&client, &[(poisoned, 0)], "test.poison").await;
+    insert(
+        &client,
+        &[(poisoned, 1), (healthy, 0), (healthy, 1)],
+        "test.ok",
+    )
+    .await;
 
     // The other aggregate flows, the poison is parked with its error.
     consumer.wait_for(2, Duration::from_secs(20)).await;

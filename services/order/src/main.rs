@@ -22,31 +22,12 @@ enum Command {
     Migrate,
 }
 
-/// sysexits.h EX_CONFIG: the configuration is wrong, retrying will not help.
-const EX_CONFIG: u8 = 78;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config::from_source(&Env) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("configuration error: {e}");
-            return ExitCode::from(EX_CONFIG);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
-        let _telemetry = orderflow_telemetry::init("orderflow-order", &Env)?;
-        match cli.command {
+    orderflow_grpc::run_binary(
+        "orderflow-order",
+        config::from_source(&Env),
+        async |config| match cli.command {
             Command::Serve => {
                 let app = Application::build(&config).await?;
                 tracing::info!(grpc.addr = %app.grpc_addr()?, "order service listening");
@@ -58,14 +39,6 @@ fn main() -> ExitCode {
                 tracing::info!(count = applied.len(), applied = ?applied, "migrations applied");
                 Ok(())
             }
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error.message = %format!("{e:#}"), "order service failed");
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+        },
+    )
 }

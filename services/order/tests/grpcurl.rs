@@ -2,14 +2,11 @@
 //! database, driven with real grpcurl through server reflection (no proto
 //! files). grpcurl comes from `GRPCURL` or PATH; `cargo xtask test` installs it.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use orderflow_testkit::TestDatabase;
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 const BIN: &str = env!("CARGO_BIN_EXE_order");
@@ -65,36 +62,14 @@ impl Grpcurl {
 }
 
 /// Starts `order serve` on an ephemeral port and reads the port from its
-/// JSON log line, so no port is guessed and nothing sleeps.
+/// log, so no port is guessed and nothing sleeps.
 async fn serve(db: &TestDatabase) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
         .env("DATABASE_URL", db.url())
         .env("GRPC_LISTEN_ADDR", "127.0.0.1:0")
-        .env("LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .env("SHUTDOWN_GRACE_PERIOD", "5s")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("order binary starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.expect("read log") {
-            let Ok(log) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if let Some(addr) = log["fields"]["grpc.addr"].as_str() {
-                return addr.to_owned();
-            }
-        }
-        panic!("order serve exited before listening");
-    })
-    .await
-    .expect("order serve listens within 30 s");
-    // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+        .env("SHUTDOWN_GRACE_PERIOD", "5s");
+    orderflow_testkit::spawn_until_logged(&mut cmd, "grpc.addr").await
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -122,6 +122,54 @@ impl opentelemetry::propagation::Extractor for HeaderCarrier<'_> {
     }
 }
 
+/// sysexits.h EX_CONFIG: the configuration is wrong; restarting will not help.
+pub const EX_CONFIG: u8 = 78;
+
+/// The `main` of every orderflow binary: a configuration error exits with
+/// [`EX_CONFIG`] naming the variable; otherwise the multi-thread runtime and
+/// telemetry for `service` are set up, `run` is awaited, and its error (with
+/// its causes) is logged and printed before exiting with 1.
+pub fn run_binary<C, F, Fut>(
+    service: &'static str,
+    config: Result<C, orderflow_config::ConfigError>,
+    run: F,
+) -> std::process::ExitCode
+where
+    F: FnOnce(C) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let _telemetry = orderflow_telemetry::init(service, &orderflow_config::Env)?;
+        run(config).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error.message = %format!("{e:#}"), "{service} failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Completes on SIGTERM (what Kubernetes sends) or SIGINT (Ctrl-C).
 pub async fn shutdown_signal() {
     let terminate = async {

@@ -45,8 +45,6 @@ pub struct PendingEvent {
     pub seq: i64,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
-    #[diesel(sql_type = Bool)]
-    pub due: bool,
     #[diesel(sql_type = SmallInt)]
     pub partition: i16,
 }
@@ -89,13 +87,14 @@ pub async fn claim_heads(
     .map(|b| (b.aggregate_id, b.seq))
     .collect();
 
-    let rows: Vec<PendingEvent> = diesel::sql_query(
-        "SELECT o.id, o.aggregate_id, o.event_type, o.payload::text AS payload,
-                o.headers::text AS headers, o.created_at, o.seq, o.attempts,
-                (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) AS due, o.partition
+    // Narrow first: the window holds several times more rows than a batch
+    // (in-flight and non-head rows), so bodies are read only for the heads.
+    let window_rows: Vec<Candidate> = diesel::sql_query(
+        "SELECT o.id, o.aggregate_id, o.seq,
+                (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) AS due
          FROM unnest($1::int2[]) AS p(part)
          CROSS JOIN LATERAL (
-             SELECT * FROM outbox
+             SELECT id, aggregate_id, seq, next_attempt_at FROM outbox
              WHERE partition = p.part AND published_at IS NULL AND parked_at IS NULL
              ORDER BY seq LIMIT $2
          ) o",
@@ -104,20 +103,46 @@ pub async fn claim_heads(
     .bind::<BigInt, _>(window)
     .load(conn)
     .await?;
+    let heads = select_heads(window_rows, &blocked, in_flight, limit);
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = heads.iter().map(|c| c.id).collect();
+    let mut events: Vec<PendingEvent> = diesel::sql_query(
+        "SELECT id, aggregate_id, event_type, payload::text AS payload, headers::text AS headers,
+                created_at, seq, attempts, partition
+         FROM outbox WHERE id = ANY($1)",
+    )
+    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .load(conn)
+    .await?;
+    events.sort_by_key(|e| e.seq);
+    Ok(events)
+}
 
-    Ok(select_heads(rows, &blocked, in_flight, limit))
+/// A window row: enough to decide whether it is its aggregate's head.
+#[derive(Debug, Clone, QueryableByName)]
+struct Candidate {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    aggregate_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    seq: i64,
+    #[diesel(sql_type = Bool)]
+    due: bool,
 }
 
 /// The first row of each aggregate, unless an older failing event blocks it
 /// or it is waiting for its retry time.
 fn select_heads(
-    rows: Vec<PendingEvent>,
+    rows: Vec<Candidate>,
     blocked: &HashMap<Uuid, i64>,
     in_flight: &HashSet<Uuid>,
     limit: usize,
-) -> Vec<PendingEvent> {
+) -> Vec<Candidate> {
     let mut seen = in_flight.clone();
-    let mut heads: Vec<PendingEvent> = rows
+    let mut heads: Vec<Candidate> = rows
         .into_iter()
         .filter(|row| {
             seen.insert(row.aggregate_id)
@@ -427,18 +452,12 @@ pub async fn delete_published(
 mod tests {
     use super::*;
 
-    fn event(aggregate: u128, seq: i64, due: bool) -> PendingEvent {
-        PendingEvent {
+    fn event(aggregate: u128, seq: i64, due: bool) -> Candidate {
+        Candidate {
             id: Uuid::new_v4(),
             aggregate_id: Uuid::from_u128(aggregate),
-            event_type: "t".into(),
-            payload: "{}".into(),
-            headers: "{}".into(),
-            created_at: Utc::now(),
             seq,
-            attempts: 0,
             due,
-            partition: 0,
         }
     }
 

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 mod broker;
+mod process;
 
 pub use broker::TestBroker;
+pub use process::spawn_until_logged;
 
 use std::{
     future::Future,
