@@ -47,21 +47,22 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
         resource = resource.with_service_name(service);
     }
     let mut provider = SdkTracerProvider::builder().with_resource(resource.build());
+    let mut otel = None;
     if exporting {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
             .context("failed to build the OTLP span exporter")?;
         provider = provider.with_batch_exporter(exporter);
-    } else {
-        // Nothing is exported, so record nothing; span contexts still get
-        // ids and an incoming trace id is still passed on.
-        provider = provider.with_sampler(Sampler::AlwaysOff);
     }
     let provider = provider.build();
-    global::set_tracer_provider(provider.clone());
-    let otel = otel_layer(&provider, service);
-
+    if exporting {
+        global::set_tracer_provider(provider.clone());
+        otel = Some(otel_layer(&provider, service));
+    }
+    // Without an exporter there is no trace to join, so the OpenTelemetry
+    // layer is left out entirely: no per-span cost, and outbox rows carry
+    // no trace headers.
     let filter = EnvFilter::try_new(src.get("RUST_LOG").unwrap_or_else(|| "info".to_owned()))
         .context("RUST_LOG is not a valid filter")?;
     let json = src
