@@ -400,7 +400,7 @@ fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Re
     )?;
     writeln!(
         s,
-        "| clients | pgbench tx/s | CreateOrder/s | ratio | p50 ms | p99 ms | errors | pgbench tx/s without the trigger |"
+        "| clients | pgbench tx/s | CreateOrder/s | ratio (per round) | p50 ms | p99 ms | errors | pgbench tx/s without the trigger |"
     )?;
     writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for r in rows {
