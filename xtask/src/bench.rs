@@ -79,19 +79,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
 
-    infra::ensure_infra()?;
-    cmd::run(
-        cmd::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "orderflow-order",
-            "-p",
-            "orderflow-loadgen",
-        ]),
-        "building the release binaries",
-        "fix the build error above",
-    )?;
+    prepare(&["orderflow-order", "orderflow-loadgen"])?;
     let release = cmd::target_dir().join("release");
     let work = cmd::target_dir().join("bench");
     std::fs::create_dir_all(&work)?;
@@ -162,19 +150,7 @@ fn relay<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
             _ => bail!("unknown flag {flag}"),
         }
     }
-    infra::ensure_infra()?;
-    cmd::run(
-        cmd::cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "orderflow-outbox-relay",
-            "-p",
-            "orderflow-relay-bench",
-        ]),
-        "building the release binaries",
-        "fix the build error above",
-    )?;
+    prepare(&["orderflow-outbox-relay", "orderflow-relay-bench"])?;
     let release = cmd::target_dir().join("release");
     let out = cmd::output(
         Command::new(release.join("relay-bench"))
@@ -184,13 +160,7 @@ fn relay<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
         "relay-bench",
         "see its output above",
     )?;
-    let commit = cmd::output(
-        Command::new("git").args(["rev-parse", "--short", "HEAD"]),
-        "git",
-        "",
-    )
-    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    .unwrap_or_default();
+    let commit = git_commit();
     let mut report = String::from_utf8_lossy(&out.stdout).into_owned();
     writeln!(
         report,
@@ -212,6 +182,32 @@ INSERT INTO order_lines (order_id, line_no, product_id, quantity, unit_price_min
 INSERT INTO outbox (id, aggregate_type, aggregate_id, event_type, payload, headers) VALUES (gen_random_uuid(), 'order', :id, 'order.placed', '{"specversion":"1.0","id":"01a207cc-c618-708c-85a1-c04ec3addaff","source":"orderflow/order","type":"order.placed","subject":"01a207cc-c618-708c-85a1-c04ec3addaff","time":"2026-11-23T09:46:30.296183Z","datacontenttype":"application/json","dataversion":1,"data":{"order_id":"01a207cc-c618-708c-85a1-c04ec3addaff","customer_id":"9f0a655d-adf7-40b2-8d77-b162820bd279","customer_email":"c123@example.com","currency":"EUR","total_minor":5499,"lines":[{"product_id":"93c916e7-1e36-41eb-b141-a6c0c56d431d","quantity":2,"unit_price_minor":1250},{"product_id":"13c916e7-1e36-41eb-b141-a6c0c56d431d","quantity":1,"unit_price_minor":2999}]}}', '{"traceparent":"00-dc79931a2b6fdbbeb8309b15f9f28bab-2cd34f40c4a6fd50-00"}');
 COMMIT;
 "#;
+
+/// Services up, then one release build of `packages`.
+fn prepare(packages: &[&str]) -> Result<()> {
+    infra::ensure_infra()?;
+    let mut build = cmd::cargo();
+    build.args(["build", "--release"]);
+    for p in packages {
+        build.args(["-p", p]);
+    }
+    cmd::run(
+        &mut build,
+        "building the release binaries",
+        "fix the build error above",
+    )
+}
+
+/// The short commit the figures belong to (empty outside a git checkout).
+fn git_commit() -> String {
+    cmd::output(
+        Command::new("git").args(["rev-parse", "--short", "HEAD"]),
+        "git",
+        "",
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default()
+}
 
 fn psql(sql: &str, database: &str) -> Result<()> {
     cmd::output(
@@ -368,13 +364,7 @@ impl Drop for Server {
 }
 
 fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Result<String> {
-    let commit = cmd::output(
-        Command::new("git").args(["rev-parse", "--short", "HEAD"]),
-        "git",
-        "",
-    )
-    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    .unwrap_or_default();
+    let commit = git_commit();
     let date = cmd::output(
         Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
         "date",
