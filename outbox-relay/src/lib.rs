@@ -7,15 +7,22 @@
 //! * `source`: per source database, the publish loop (leases → claim heads →
 //!   publish → mark), the LISTEN task that wakes it, stats and retention.
 //! * `publisher`: pipelined, confirmed publishing with reconnect.
-//! * `metrics`, `http`: Prometheus families and the HTTP endpoints.
+//! * `metrics`, `http`: Prometheus families and the open HTTP endpoints.
+//! * `ops`: what operators see and do (events, replay, pause, dead letters),
+//!   shared by `dashboard` (the page and JSON API, behind the admin token)
+//!   and the command line.
+//! * `rate`: the publish rate history the dashboard charts.
 //!
 //! The ordering and crash guarantees rest on `orderflow_outbox::relay`; read
 //! its module docs first.
 
 pub mod config;
+pub mod dashboard;
 pub mod http;
 pub mod metrics;
+pub mod ops;
 pub mod publisher;
+pub mod rate;
 pub mod source;
 
 use std::{collections::BTreeMap, sync::Arc};
@@ -49,26 +56,9 @@ pub async fn run(
         rand::random::<u32>()
     );
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot bind RELAY_HTTP_ADDR={}", config.http_addr))?;
-    tracing::info!(http.addr = %listener.local_addr()?, owner = %owner, "outbox-relay listening");
-    let http_state = http::HttpState {
-        registry: Arc::new(registry),
-        health: health.clone(),
-        lag_unhealthy: config.lag_unhealthy,
-    };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut http_stop = stop_rx.clone();
-    let http = tokio::spawn(async move {
-        axum::serve(listener, http::router(http_state))
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.changed().await;
-            })
-            .await
-    });
-
-    let mut tasks = Vec::new();
+    // One pool per source, its usage on /metrics (`db_pool_*{source}`).
+    let mut pools = Vec::new();
+    let mut pool_metrics = orderflow_db::PoolMetrics::new();
     for source in &config.sources {
         let pool = orderflow_db::build_pool(&PoolConfig {
             url: source.database_url.clone(),
@@ -77,6 +67,44 @@ pub async fn run(
             statement_timeout: std::time::Duration::from_secs(30),
             application_name: format!("outbox-relay/{}", source.name),
         })?;
+        pool_metrics = pool_metrics.with(&[("source", &source.name)], pool.clone());
+        pools.push(pool);
+    }
+    pool_metrics.register(&mut registry);
+
+    let listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot bind RELAY_HTTP_ADDR={}", config.http_addr))?;
+    tracing::info!(http.addr = %listener.local_addr()?, owner = %owner, "outbox-relay listening");
+    let rates = rate::Rates::default();
+    let dashboard = dashboard::Dashboard {
+        keys: config.admin_token.clone().map(dashboard::auth::Keys::new),
+        ops: ops::Ops::new(&config)?,
+        health: health.clone(),
+        metrics: metrics.clone(),
+        rates: rates.clone(),
+    };
+    if dashboard.keys.is_none() {
+        tracing::warn!("RELAY_ADMIN_TOKEN is not set: the dashboard is off");
+    }
+    let http_state = http::HttpState {
+        registry: Arc::new(registry),
+        health: health.clone(),
+        lag_unhealthy: config.lag_unhealthy,
+    };
+    let app = http::router(http_state).merge(dashboard::router(dashboard));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            })
+            .await
+    });
+
+    let mut tasks = Vec::new();
+    for (source, pool) in config.sources.iter().zip(pools) {
         let source = Arc::new(Source {
             config: source.clone(),
             relay: config.clone(),
@@ -84,6 +112,7 @@ pub async fn run(
             metrics: metrics.clone(),
             health: health.clone(),
             owner: owner.clone(),
+            rates: rates.clone(),
         });
         tasks.push(tokio::spawn(source.run(stop_rx.clone())));
     }

@@ -17,6 +17,7 @@ use lapin::{
 };
 use orderflow_amqp::{Topology, lapin};
 use orderflow_outbox::relay::PendingEvent;
+use orderflow_telemetry::TraceHeaders;
 
 /// What became of one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,12 +61,26 @@ impl Publisher {
             return Ok(channel.clone());
         }
         self.link = None;
-        let conn = orderflow_amqp::connect(&self.url, &self.name).await?;
-        let channel = conn.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Topology::declare_exchange(&channel, &self.service).await?;
+        // Every step has a deadline: a stalled broker makes this attempt
+        // fail and the loop retry with backoff, instead of hanging the
+        // source for ever.
+        let setup = async {
+            let conn = orderflow_amqp::connect(&self.url, &self.name).await?;
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            Topology::declare_exchange(&channel, &self.service).await?;
+            anyhow::Ok((conn, channel))
+        };
+        let (conn, channel) = tokio::time::timeout(self.timeout, setup)
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "RabbitMQ did not set up a channel within {:?}",
+                    self.timeout
+                )
+            })??;
         tracing::info!(source = %self.service, exchange = %self.exchange, "connected to RabbitMQ");
         self.link = Some((conn, channel.clone()));
         Ok(channel)
@@ -90,32 +105,47 @@ impl Publisher {
     /// When no connection can be made; nothing was sent then.
     pub async fn send(&mut self, events: Vec<PendingEvent>) -> anyhow::Result<InFlight> {
         let channel = self.channel().await?;
+        let traces = Traces::start(&events, &self.service, &self.exchange);
         let mut confirms = Vec::with_capacity(events.len());
-        for event in &events {
-            let sent = channel
-                .basic_publish(
-                    self.exchange.as_str().into(),
-                    event.event_type.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    event.payload.as_bytes(),
-                    properties(event, &self.service),
-                )
-                .await;
-            match sent {
-                Ok(confirm) => confirms.push(confirm),
-                Err(e) => {
-                    tracing::warn!(source = %self.service, error = %e, "publish failed; reconnecting");
-                    break;
+        let publish_all = async {
+            for (i, event) in events.iter().enumerate() {
+                let sent = channel
+                    .basic_publish(
+                        self.exchange.as_str().into(),
+                        event.event_type.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            immediate: false,
+                        },
+                        event.payload.as_bytes(),
+                        properties(event, &self.service, traces.headers(i)),
+                    )
+                    .await;
+                match sent {
+                    Ok(confirm) => confirms.push(confirm),
+                    Err(e) => {
+                        tracing::warn!(source = %self.service, error = %e, "publish failed; reconnecting");
+                        break;
+                    }
                 }
             }
+        };
+        // A blocked connection (a broker resource alarm) stalls publishes:
+        // give up after the timeout; nothing was marked, all is retried.
+        if tokio::time::timeout(self.timeout, publish_all)
+            .await
+            .is_err()
+        {
+            tracing::warn!(source = %self.service, timeout = ?self.timeout, "publishing stalled; reconnecting");
+            traces.finish(&[]);
+            self.reset().await;
+            anyhow::bail!("publishing stalled for {:?}", self.timeout);
         }
         Ok(InFlight {
             events,
             confirms,
             started: std::time::Instant::now(),
+            traces,
         })
     }
 
@@ -126,6 +156,7 @@ impl Publisher {
             events,
             confirms,
             started,
+            traces,
         } = batch;
         let sent = confirms.len();
         let results =
@@ -154,6 +185,7 @@ impl Publisher {
             }
         };
         outcomes.resize(events.len(), Outcome::Unconfirmed);
+        traces.finish(&outcomes);
         if outcomes.contains(&Outcome::Unconfirmed) {
             self.reset().await;
         }
@@ -166,27 +198,131 @@ pub struct InFlight {
     events: Vec<PendingEvent>,
     confirms: Vec<lapin::PublisherConfirm>,
     started: std::time::Instant,
+    traces: Traces,
 }
 
 impl InFlight {
+    /// The batch's span (none when spans are not exported): what settling
+    /// the batch does (marking rows published) belongs to it.
+    pub fn span(&self) -> tracing::Span {
+        self.traces.batch.clone()
+    }
+
     /// The aggregates of this batch: the next batch must not contain them.
     pub fn aggregates(&self) -> impl Iterator<Item = uuid::Uuid> + '_ {
         self.events.iter().map(|e| e.aggregate_id)
     }
 }
 
-/// AMQP properties of an outbox event (DESIGN.md, "Messages on RabbitMQ").
-fn properties(event: &PendingEvent, service: &str) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if let Ok(trace) =
-        serde_json::from_str::<std::collections::BTreeMap<String, String>>(&event.headers)
-    {
-        for (key, value) in trace {
-            headers.insert(
-                key.as_str().into(),
-                AMQPValue::LongString(value.as_str().into()),
-            );
+/// The spans of a batch in flight, when spans are exported.
+///
+/// A batch carries events of many traces, so its span (`outbox.publish_batch`)
+/// starts a trace of its own and *links* to each event's context. Each
+/// event gets an `outbox.publish` span that is a child of the context its
+/// row carries (the `outbox.append` that wrote it), from the publish to the
+/// broker's confirm; its own context travels in the AMQP headers, so the
+/// consumer's span is its child and the trace goes on unbroken.
+struct Traces {
+    batch: tracing::Span,
+    events: Vec<(tracing::Span, TraceHeaders)>,
+}
+
+impl Traces {
+    fn start(events: &[PendingEvent], source: &str, exchange: &str) -> Self {
+        if !orderflow_telemetry::exporting() {
+            return Self {
+                batch: tracing::Span::none(),
+                events: Vec::new(),
+            };
         }
+        let batch = tracing::info_span!(
+            parent: None,
+            "outbox.publish_batch",
+            otel.kind = "producer",
+            messaging.system = "rabbitmq",
+            messaging.destination.name = exchange,
+            messaging.batch.message_count = events.len(),
+            source = source,
+        );
+        let events = events
+            .iter()
+            .map(|event| {
+                let stored = row_headers(event);
+                orderflow_telemetry::add_link(&batch, &stored);
+                let span = tracing::info_span!(
+                    parent: None,
+                    "outbox.publish",
+                    otel.name = %format!("publish {exchange}"),
+                    otel.kind = "producer",
+                    otel.status_code = tracing::field::Empty,
+                    messaging.system = "rabbitmq",
+                    messaging.operation = "publish",
+                    messaging.destination.name = exchange,
+                    messaging.rabbitmq.destination.routing_key = %event.event_type,
+                    messaging.message.id = %event.id,
+                    outcome = tracing::field::Empty,
+                    source = source,
+                );
+                orderflow_telemetry::set_parent_from(&span, &stored);
+                let sent = TraceHeaders::of_span(&span);
+                // No valid context of its own (should not happen while
+                // exporting): pass the stored one on rather than none.
+                let sent = if sent.is_empty() { stored } else { sent };
+                (span, sent)
+            })
+            .collect();
+        Self { batch, events }
+    }
+
+    /// The trace headers to send with event `i`, if spans are exported.
+    fn headers(&self, i: usize) -> Option<&TraceHeaders> {
+        self.events.get(i).map(|(_, headers)| headers)
+    }
+
+    /// Records each event's outcome and ends its span (those without an
+    /// outcome were never confirmed).
+    fn finish(&self, outcomes: &[Outcome]) {
+        for (i, (span, _)) in self.events.iter().enumerate() {
+            let outcome = match outcomes.get(i) {
+                Some(Outcome::Confirmed) => "confirmed",
+                Some(Outcome::Rejected { reason, .. }) => reason,
+                Some(Outcome::Unconfirmed) | None => "unconfirmed",
+            };
+            span.record("outcome", outcome);
+            if outcome != "confirmed" {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+    }
+}
+
+/// The trace context stored with the event (`outbox.headers`).
+fn row_headers(event: &PendingEvent) -> TraceHeaders {
+    serde_json::from_str(&event.headers).unwrap_or_default()
+}
+
+/// AMQP properties of an outbox event (DESIGN.md, "Messages on RabbitMQ").
+/// `trace` is the publish span's context; without one (spans not exported)
+/// the context stored with the event is sent as it is.
+fn properties(
+    event: &PendingEvent,
+    service: &str,
+    trace: Option<&TraceHeaders>,
+) -> BasicProperties {
+    let stored;
+    let trace = match trace {
+        Some(t) => t,
+        None => {
+            stored = row_headers(event);
+            &stored
+        }
+    };
+    let mut headers = FieldTable::default();
+    for (key, value) in &trace.0 {
+        headers.insert(
+            key.as_str().into(),
+            AMQPValue::LongString(value.as_str().into()),
+        );
     }
     BasicProperties::default()
         .with_message_id(event.id.to_string().as_str().into())

@@ -4,7 +4,7 @@
 //! that the broker did not confirm.
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -13,12 +13,14 @@ use futures_util::StreamExt as _;
 use orderflow_db::Pool;
 use orderflow_outbox::relay::{self, PendingEvent};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{
     config::{RelayConfig, SourceConfig},
     metrics::{Metrics, source_labels},
     publisher::{InFlight, Outcome, Publisher},
+    rate::Rates,
 };
 
 /// What `/healthz` needs to know about a source.
@@ -27,6 +29,10 @@ pub struct SourceHealth {
     pub lag_seconds: f64,
     pub pending: i64,
     pub parked: i64,
+    /// Pending events in backoff after a failed publish.
+    pub failing: i64,
+    /// This replica has seen the pause switch on and publishes nothing.
+    pub paused: bool,
     /// When the stats query last succeeded: a source we cannot read is stuck.
     pub last_seen: Option<Instant>,
     pub last_error: Option<String>,
@@ -50,6 +56,8 @@ enum Waiting {
 /// Rows read per partition per claim: enough to find many aggregates' heads.
 const WINDOW_PER_PARTITION: i64 = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often the pause switch is read.
+const CONTROL_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Source {
     pub config: SourceConfig,
@@ -59,6 +67,8 @@ pub struct Source {
     pub health: Health,
     /// This replica's identity in `outbox_lease`.
     pub owner: String,
+    /// Published events over the last minutes, for the dashboard's chart.
+    pub rates: Rates,
 }
 
 impl Source {
@@ -83,11 +93,36 @@ impl Source {
         let mut owned_until = Instant::now();
         let mut next_heartbeat = Instant::now();
         let mut backoff = Duration::from_millis(100);
-        // The batch whose confirms are outstanding while the next is sent.
-        let mut in_flight: Option<InFlight> = None;
+        // Batches whose confirms are outstanding while the next is claimed
+        // and sent, oldest first.
+        let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut idle_polls = 0u32;
+        // An operator's pause (in the database, for every replica), read
+        // once a second.
+        let mut paused = false;
+        let mut next_control_check = Instant::now();
 
         while !*shutdown.borrow() {
+            if Instant::now() >= next_control_check {
+                match self.paused().await {
+                    Ok(now_paused) => {
+                        if now_paused != paused {
+                            tracing::info!(source = %name, paused = now_paused, "publishing {}", if now_paused { "paused by an operator" } else { "resumed" });
+                        }
+                        paused = now_paused;
+                        self.health
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .entry(name.clone())
+                            .or_default()
+                            .paused = paused;
+                    }
+                    Err(e) => {
+                        tracing::warn!(source = %name, error = %format!("{e:#}"), "cannot read the pause switch")
+                    }
+                }
+                next_control_check = Instant::now() + CONTROL_CHECK;
+            }
             if Instant::now() >= next_heartbeat {
                 let started = Instant::now();
                 match self.renew().await {
@@ -110,13 +145,13 @@ impl Source {
                     .set(owned.len() as i64);
             }
             // A replica that could not renew in time stops: another may own them now.
-            let active: &[i16] = if Instant::now() < owned_until {
+            let active: &[i16] = if !paused && Instant::now() < owned_until {
                 &owned
             } else {
                 &[]
             };
 
-            let worked = if active.is_empty() && in_flight.is_none() {
+            let worked = if active.is_empty() && in_flight.is_empty() {
                 Ok(0)
             } else {
                 self.cycle(&mut publisher, active, &mut in_flight).await
@@ -142,8 +177,15 @@ impl Source {
             // Idle. Under a steady load the next event is milliseconds
             // away: poll a few times before asking writers for a NOTIFY,
             // which would cost them their group commit.
-            let until_heartbeat = next_heartbeat.saturating_duration_since(Instant::now());
-            let mut pause = LINGER_POLL.min(until_heartbeat);
+            let until_heartbeat = next_heartbeat
+                .min(next_control_check)
+                .saturating_duration_since(Instant::now());
+            let mut pause = if active.is_empty() {
+                // Paused or without partitions: nothing to poll for.
+                until_heartbeat
+            } else {
+                LINGER_POLL.min(until_heartbeat)
+            };
             let mut registered = false;
             if idle_polls >= LINGER_POLLS && !active.is_empty() {
                 match self
@@ -172,11 +214,11 @@ impl Source {
             }
         }
 
-        // Graceful: settle the last batch, then hand the partitions over.
-        if let Some(batch) = in_flight.take()
-            && let Err(e) = self.settle(&mut publisher, batch).await
-        {
-            tracing::warn!(source = %name, error = %format!("{e:#}"), "last batch not settled; it will be published again");
+        // Graceful: settle the last batches, then hand the partitions over.
+        while let Some(batch) = in_flight.pop_front() {
+            if let Err(e) = self.settle(&mut publisher, batch).await {
+                tracing::warn!(source = %name, error = %format!("{e:#}"), "last batch not settled; it will be published again");
+            }
         }
         publisher.reset().await;
         match self.pool.get().await {
@@ -198,7 +240,7 @@ impl Source {
         &self,
         publisher: &mut Publisher,
         partitions: &[i16],
-        in_flight: &mut Option<InFlight>,
+        in_flight: &mut VecDeque<InFlight>,
     ) -> anyhow::Result<Waiting> {
         let mut conn = self.pool.get().await?;
         if !relay::start_waiting(&mut conn, &self.owner).await? {
@@ -217,20 +259,26 @@ impl Source {
         Ok(relay::stop_waiting(&mut conn, &self.owner).await?)
     }
 
+    async fn paused(&self) -> anyhow::Result<bool> {
+        let mut conn = self.pool.get().await?;
+        Ok(relay::paused(&mut conn).await?)
+    }
+
     async fn renew(&self) -> anyhow::Result<Vec<i16>> {
         let mut conn = self.pool.get().await?;
         Ok(relay::renew_leases(&mut conn, &self.owner, self.relay.lease_ttl).await?)
     }
 
     /// One round of the pipeline: claim the next heads (skipping aggregates
-    /// still awaiting a confirm), send them, then settle the previous batch
-    /// (await its confirms, mark or record failures). Returns how many
-    /// events it sent or settled; 0 means there was nothing to do.
+    /// still awaiting a confirm), send them, then settle the oldest batches
+    /// (await their confirms, mark or record failures) until at most
+    /// `pipeline_depth` remain in flight. Returns how many events it sent
+    /// or settled; 0 means there was nothing to do.
     async fn cycle(
         &self,
         publisher: &mut Publisher,
         partitions: &[i16],
-        in_flight: &mut Option<InFlight>,
+        in_flight: &mut VecDeque<InFlight>,
     ) -> anyhow::Result<usize> {
         let flying: HashSet<Uuid> = in_flight.iter().flat_map(InFlight::aggregates).collect();
         let events = if partitions.is_empty() {
@@ -253,27 +301,48 @@ impl Source {
             match publisher.send(events).await {
                 Ok(batch) => Some(batch),
                 Err(e) => {
-                    if let Some(prev) = in_flight.take() {
+                    while let Some(prev) = in_flight.pop_front() {
                         let _ = self.settle(publisher, prev).await;
                     }
                     return Err(e);
                 }
             }
         };
-        // The new batch is tracked before the old one settles, so an error
+        // The new batch is tracked before older ones settle, so an error
         // there leaves it to be settled on the next round.
-        let previous = std::mem::replace(in_flight, sent);
-        let settled = match previous {
-            Some(prev) => self.settle(publisher, prev).await?,
-            None => 0,
+        let depth = if sent.is_some() {
+            self.relay.pipeline_depth
+        } else {
+            // Nothing new: drain, one batch per round.
+            in_flight.len().saturating_sub(1)
         };
+        in_flight.extend(sent);
+        let mut settled = 0;
+        while in_flight.len() > depth {
+            if let Some(oldest) = in_flight.pop_front() {
+                settled += self.settle(publisher, oldest).await?;
+            }
+        }
         Ok(claimed + settled)
     }
 
     /// Awaits a batch's confirms and records the outcome of each event.
     async fn settle(&self, publisher: &mut Publisher, batch: InFlight) -> anyhow::Result<usize> {
-        let name = &self.config.name;
+        let span = batch.span();
         let (events, outcomes, elapsed) = publisher.settle(batch).await;
+        // Marking belongs to the batch's trace (its transactions too).
+        self.record(events, outcomes, elapsed)
+            .instrument(span)
+            .await
+    }
+
+    async fn record(
+        &self,
+        events: Vec<PendingEvent>,
+        outcomes: Vec<Outcome>,
+        elapsed: Duration,
+    ) -> anyhow::Result<usize> {
+        let name = &self.config.name;
         self.metrics
             .batch_seconds
             .get_or_create(&source_labels(name))
@@ -282,6 +351,7 @@ impl Source {
         let mut conn = self.pool.get().await?;
         if !confirmed.is_empty() {
             relay::mark_published(&mut conn, &confirmed, &self.owner).await?;
+            self.rates.record(name, confirmed.len() as u64);
             self.metrics
                 .published
                 .get_or_create(&source_labels(name))
@@ -378,6 +448,7 @@ impl Source {
                         entry.lag_seconds = stats.oldest_pending_age_seconds;
                         entry.pending = stats.pending;
                         entry.parked = stats.parked;
+                        entry.failing = stats.failing;
                         entry.last_seen = Some(Instant::now());
                         entry.last_error = None;
                     }

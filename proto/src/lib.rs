@@ -1,9 +1,27 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)] // generated code
 
+pub mod inventory {
+    pub mod v1 {
+        tonic::include_proto!("orderflow.inventory.v1");
+    }
+}
+
+pub mod notification {
+    pub mod v1 {
+        tonic::include_proto!("orderflow.notification.v1");
+    }
+}
+
 pub mod order {
     pub mod v1 {
         tonic::include_proto!("orderflow.order.v1");
+    }
+}
+
+pub mod payment {
+    pub mod v1 {
+        tonic::include_proto!("orderflow.payment.v1");
     }
 }
 

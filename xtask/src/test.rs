@@ -1,5 +1,5 @@
-//! `cargo xtask test`: the whole test suite against real PostgreSQL and
-//! RabbitMQ, exactly as CI runs it.
+//! `cargo xtask test`: the Kubernetes manifests check, then the whole test
+//! suite against real PostgreSQL and RabbitMQ, exactly as CI runs it.
 
 use std::{
     ffi::OsString,
@@ -9,18 +9,25 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::{cmd, infra};
+use crate::{cmd, infra, k8s};
 
-/// Makes sure the servers and grpcurl are there, then runs every test
-/// (nextest when installed, else cargo test), passing `extra` to the runner.
+/// Checks the Kubernetes manifests (a few seconds, no cluster), makes sure
+/// the servers, grpcurl and Chromium with ChromeDriver are there, then runs
+/// every test (nextest when installed, else cargo test), passing `extra` to
+/// the runner.
 pub fn run(extra: &[String]) -> Result<ExitCode> {
+    k8s::check()?;
     infra::ensure_infra()?;
     let grpcurl = infra::ensure_grpcurl()?;
+    let browser = infra::ensure_chromium()?;
     let nextest = cmd::succeeds(cmd::cargo().args(["nextest", "--version"]));
     let mut runner = runner(nextest, extra);
     runner
         .env("PATH", path_with(&grpcurl)?)
-        .env("GRPCURL", &grpcurl);
+        .env("GRPCURL", &grpcurl)
+        // The dashboard's browser test (outbox-relay/tests/it/browser.rs).
+        .env("CHROMEDRIVER", &browser.chromedriver)
+        .env("CHROME", &browser.chromium);
     if nextest && in_ci() && std::env::var_os("NEXTEST_PROFILE").is_none() {
         // .config/nextest.toml: report every failure instead of stopping at the first.
         runner.env("NEXTEST_PROFILE", "ci");

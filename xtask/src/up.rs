@@ -28,9 +28,9 @@ struct Component {
     database: Option<&'static str>,
     /// Passed as GRPC_LISTEN_ADDR; health is checked over grpc.health.v1 here.
     grpc_addr: Option<&'static str>,
-    /// /metrics (and the relay's dashboard). Only shown in the summary and used
-    /// as the health probe of a component without gRPC; the binary's own
-    /// default applies until it reads a listen-address variable.
+    /// /metrics (and the relay's dashboard): METRICS_LISTEN_ADDR of a
+    /// service; shown in the summary and used as the health probe of a
+    /// component without gRPC.
     http_addr: Option<&'static str>,
     /// Further environment the binary needs (e.g. the relay's source URLs).
     extra_env: &'static [(&'static str, &'static str)],
@@ -44,13 +44,40 @@ const COMPONENTS: &[Component] = &[
         binary: "order",
         database: Some("orderflow_order"),
         grpc_addr: Some("127.0.0.1:50051"),
-        // DESIGN.md reserves 9101 for its /metrics; the binary serves none yet.
-        http_addr: None,
+        // /metrics (METRICS_LISTEN_ADDR), DESIGN.md's port table.
+        http_addr: Some("127.0.0.1:9101"),
         extra_env: &[],
     },
     Component {
-        // Publishes the order database's outbox to RabbitMQ; started after the
-        // order service, whose `migrate` created the tables it reads.
+        name: "inventory",
+        package: "orderflow-inventory",
+        binary: "inventory",
+        database: Some("orderflow_inventory"),
+        grpc_addr: Some("127.0.0.1:50052"),
+        http_addr: Some("127.0.0.1:9102"),
+        extra_env: &[],
+    },
+    Component {
+        name: "payment",
+        package: "orderflow-payment",
+        binary: "payment",
+        database: Some("orderflow_payment"),
+        grpc_addr: Some("127.0.0.1:50053"),
+        http_addr: Some("127.0.0.1:9103"),
+        extra_env: &[],
+    },
+    Component {
+        name: "notification",
+        package: "orderflow-notification",
+        binary: "notification",
+        database: Some("orderflow_notification"),
+        grpc_addr: Some("127.0.0.1:50054"),
+        http_addr: Some("127.0.0.1:9104"),
+        extra_env: &[],
+    },
+    Component {
+        // Publishes the four outboxes to RabbitMQ; started after the services,
+        // whose `migrate` created the tables it reads.
         name: "outbox-relay",
         package: "orderflow-outbox-relay",
         binary: "outbox-relay",
@@ -60,7 +87,10 @@ const COMPONENTS: &[Component] = &[
         extra_env: &[
             (
                 "RELAY_SOURCES",
-                "order=postgres://postgres@127.0.0.1:5432/orderflow_order",
+                "order=postgres://postgres@127.0.0.1:5432/orderflow_order,\
+                 inventory=postgres://postgres@127.0.0.1:5432/orderflow_inventory,\
+                 payment=postgres://postgres@127.0.0.1:5432/orderflow_payment,\
+                 notification=postgres://postgres@127.0.0.1:5432/orderflow_notification",
             ),
             ("RELAY_HTTP_ADDR", "127.0.0.1:8080"),
         ],
@@ -68,6 +98,8 @@ const COMPONENTS: &[Component] = &[
 ];
 
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the smoke check waits for its order to leave PENDING.
+const SAGA_TIMEOUT: Duration = Duration::from_secs(60);
 /// The services' own SHUTDOWN_GRACE_PERIOD is 25 s; give them a bit more.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 const LOG_TAIL_LINES: usize = 30;
@@ -76,6 +108,7 @@ const LOG_TAIL_LINES: usize = 30;
 pub fn up() -> Result<()> {
     let started = Instant::now();
     infra::ensure_infra()?;
+    infra::upgrade_exchanges()?;
     let grpcurl = infra::ensure_grpcurl()?;
     for db in COMPONENTS.iter().filter_map(|c| c.database) {
         ensure_database(db)?;
@@ -92,7 +125,7 @@ pub fn up() -> Result<()> {
         wait_healthy(c, &mut running, &grpcurl)?;
         pids.push(running.child.id());
     }
-    let smoke = smoke_create_order(&grpcurl)?;
+    let smoke = smoke_saga(&grpcurl)?;
     print_summary(&pids, &grpcurl, &smoke, started.elapsed());
     Ok(())
 }
@@ -205,8 +238,55 @@ fn component_env(c: &Component) -> Vec<(String, String)> {
     }
     if let Some(addr) = c.grpc_addr {
         env.push(("GRPC_LISTEN_ADDR".to_owned(), addr.to_owned()));
+        if let Some(metrics) = c.http_addr {
+            env.push(("METRICS_LISTEN_ADDR".to_owned(), metrics.to_owned()));
+        }
+    }
+    if c.binary == "outbox-relay" {
+        match admin_token() {
+            Ok(token) => env.push(("RELAY_ADMIN_TOKEN".to_owned(), token)),
+            Err(e) => eprintln!("xtask: no dashboard token ({e:#}); the dashboard stays off"),
+        }
     }
     env
+}
+
+/// Where the local dashboard's token is kept (mode 0600, reused by every `up`
+/// so a browser session survives restarts).
+fn admin_token_path() -> PathBuf {
+    run_dir().join("relay-admin-token")
+}
+
+/// RELAY_ADMIN_TOKEN from the environment, else the token of
+/// `.run/relay-admin-token`, created with 32 random hex digits if missing.
+fn admin_token() -> Result<String> {
+    if let Ok(t) = std::env::var("RELAY_ADMIN_TOKEN")
+        && !t.is_empty()
+    {
+        return Ok(t);
+    }
+    let path = admin_token_path();
+    if let Ok(t) = std::fs::read_to_string(&path)
+        && t.trim().len() >= 16
+    {
+        return Ok(t.trim().to_owned());
+    }
+    let mut bytes = [0u8; 16];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::create_dir_all(run_dir())?;
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        writeln!(f, "{token}")?;
+    }
+    Ok(token)
 }
 
 /// `<binary> migrate` brings the database schema up to date and exits.
@@ -350,29 +430,94 @@ struct Smoke {
     response: String,
 }
 
-/// Runs the example from the summary once, so the printed example is known to work.
-fn smoke_create_order(grpcurl: &Path) -> Result<Smoke> {
-    let body = format!(
-        r#"{{"request_id":"{}","customer_id":"{}","customer_email":"ada@example.com","lines":[{{"product_id":"{}","quantity":2,"unit_price":{{"amount_minor":1250,"currency":"EUR"}}}}]}}"#,
-        new_uuid()?,
-        new_uuid()?,
-        new_uuid()?
-    );
-    let addr = COMPONENTS
-        .iter()
-        .find(|c| c.name == "order")
-        .and_then(|c| c.grpc_addr)
-        .context("no order component with a gRPC address in COMPONENTS")?;
-    let method = "orderflow.order.v1.OrderService/CreateOrder";
-    let out = cmd::output(
-        Command::new(grpcurl).args(["-plaintext", "-d", &body, addr, method]),
-        "the smoke check (CreateOrder through grpcurl)",
-        "See .run/order.log",
+/// The demo product `up` stocks, so the printed example completes the saga.
+const DEMO_PRODUCT: &str = "0e3f5a3c-8d1e-4b7a-9c2f-6a1b2c3d4e5f";
+
+/// Runs the examples from the summary once, so they are known to work: stock
+/// a product, place an order for it, wait until the saga settled it, list
+/// its notifications.
+fn smoke_saga(grpcurl: &Path) -> Result<Vec<Smoke>> {
+    let addr = |name: &str| {
+        COMPONENTS
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.grpc_addr)
+            .with_context(|| format!("no {name} component with a gRPC address in COMPONENTS"))
+    };
+    let call = |addr: &str, method: &str, body: &str| -> Result<Smoke> {
+        let out = cmd::output(
+            Command::new(grpcurl).args(["-plaintext", "-d", body, addr, method]),
+            &format!("the smoke check ({method} through grpcurl)"),
+            "See the logs under .run/",
+        )?;
+        Ok(Smoke {
+            command: format!("grpcurl -plaintext -d '{body}' {addr} {method}"),
+            response: String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
+        })
+    };
+    let mut shown = Vec::new();
+    shown.push(call(
+        addr("inventory")?,
+        "orderflow.inventory.v1.InventoryService/UpsertProduct",
+        &format!(
+            r#"{{"product_id":"{DEMO_PRODUCT}","sku":"DEMO-MUG","name":"Demo mug","unit_price":{{"amount_minor":1250,"currency":"EUR"}},"on_hand":100}}"#
+        ),
+    )?);
+    let create = call(
+        addr("order")?,
+        "orderflow.order.v1.OrderService/CreateOrder",
+        &format!(
+            r#"{{"request_id":"{}","customer_id":"{}","customer_email":"ada@example.com","lines":[{{"product_id":"{DEMO_PRODUCT}","quantity":2,"unit_price":{{"amount_minor":1250,"currency":"EUR"}}}}]}}"#,
+            new_uuid()?,
+            new_uuid()?,
+        ),
     )?;
-    Ok(Smoke {
-        command: format!("grpcurl -plaintext -d '{body}' {addr} {method}"),
-        response: String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
-    })
+    let order_id = serde_json::from_str::<serde_json::Value>(&create.response)
+        .ok()
+        .and_then(|v| v["order"]["id"].as_str().map(str::to_owned))
+        .with_context(|| {
+            format!(
+                "CreateOrder answered without an order id: {}",
+                create.response
+            )
+        })?;
+    shown.push(create);
+    let get_body = format!(r#"{{"order_id":"{order_id}"}}"#);
+    let order_addr = addr("order")?;
+    let mut settled = None;
+    let mut last_error = None;
+    poll_until(SAGA_TIMEOUT, Duration::from_millis(200), || {
+        match call(
+            order_addr,
+            "orderflow.order.v1.OrderService/GetOrder",
+            &get_body,
+        ) {
+            Ok(got) if !got.response.contains("ORDER_STATUS_PENDING") => {
+                settled = Some(got);
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                last_error = Some(e);
+                false
+            }
+        }
+    });
+    if let (None, Some(e)) = (&settled, last_error) {
+        return Err(e);
+    }
+    shown.push(settled.with_context(|| {
+        format!(
+            "order {order_id} is still PENDING after {}s: see .run/*.log",
+            SAGA_TIMEOUT.as_secs()
+        )
+    })?);
+    shown.push(call(
+        addr("notification")?,
+        "orderflow.notification.v1.NotificationService/ListNotifications",
+        &get_body,
+    )?);
+    Ok(shown)
 }
 
 /// A random (v4) UUID from the kernel: Linux-only like the rest of xtask,
@@ -384,13 +529,13 @@ fn new_uuid() -> Result<String> {
 }
 
 /// What runs where, how to call it and how to stop it.
-fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &Smoke, took: Duration) {
+fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &[Smoke], took: Duration) {
     println!("\norderflow is up ({:.1}s):", took.as_secs_f64());
     for (c, pid) in COMPONENTS.iter().zip(pids) {
         let parts: Vec<String> = [
             Some(format!("pid {pid:<7}")),
             c.grpc_addr.map(|a| format!("gRPC {a}")),
-            c.http_addr.map(|a| format!("HTTP {a}")),
+            c.http_addr.map(|a| format!("metrics http://{a}/metrics")),
             c.database.map(|db| format!("db {db}")),
             Some(format!("log {}", relative(&log_path(c)))),
         ]
@@ -405,6 +550,24 @@ fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &Smoke, took: Duration) {
         infra::AMQP_ADDR,
         infra::MANAGEMENT_URL
     );
+    println!(
+        "\nOps dashboard: http://127.0.0.1:8080/ (log in with your name and the token: `cat {}`)",
+        relative(&admin_token_path())
+    );
+    println!("  the same on the command line: target/release/outbox-relay --help");
+    println!(
+        "\nMetrics (Prometheus text): {}",
+        COMPONENTS
+            .iter()
+            .filter_map(|c| c
+                .http_addr
+                .map(|a| format!("{} http://{a}/metrics", c.name)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (e.g. http://127.0.0.1:4317) before `cargo xtask up` to export them over OTLP/gRPC"
+    );
     let venv_bin = grpcurl.parent().unwrap_or(grpcurl);
     println!(
         "\ngrpcurl: {}\n  (or `source {}/activate` to put it on PATH)",
@@ -412,11 +575,13 @@ fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &Smoke, took: Duration) {
         venv_bin.display()
     );
     println!(
-        "\nTry (ran just now; rerunning returns the same order, request_id makes it idempotent):"
+        "\nThe saga, run just now (stock a product, order it, the order settles, notifications):"
     );
-    println!("  {}", smoke.command);
-    for line in smoke.response.lines() {
-        println!("    {line}");
+    for step in smoke {
+        println!("  {}", step.command);
+        for line in step.response.lines() {
+            println!("    {line}");
+        }
     }
     println!("\nStop with: cargo xtask down");
 }

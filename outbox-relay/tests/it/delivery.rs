@@ -253,8 +253,9 @@ async fn published_rows_past_retention_are_deleted_and_pending_rows_kept() {
     )
     .await;
     first.terminate().await;
-    // A pending row (unroutable, parked at once) must survive any retention.
-    insert(&client, &[(Uuid::new_v4(), 0)], "test.unrouted").await;
+    // A pending row (nacked, parked at once) must survive any retention.
+    world.bind_refusing_queue("test.refused").await;
+    insert(&client, &[(Uuid::new_v4(), 0)], "test.refused").await;
 
     // The cleaner runs when a relay starts.
     let _second = world

@@ -62,6 +62,42 @@ impl World {
         let (child, http) = orderflow_testkit::spawn_until_logged(&mut cmd, "http.addr").await;
         Relay { child, http }
     }
+
+    /// A queue that refuses every message, so the broker nacks what is routed
+    /// to it: the relay's view of a poison event.
+    pub async fn bind_refusing_queue(&self, routing_key: &str) {
+        use orderflow_amqp::lapin::{
+            options::{QueueBindOptions, QueueDeclareOptions},
+            types::{AMQPValue, FieldTable},
+        };
+        let conn = orderflow_amqp::connect(&self.broker.url(), "test-refuser")
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        orderflow_amqp::Topology::declare_exchange(&channel, "order")
+            .await
+            .unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        channel
+            .queue_declare("refuser".into(), QueueDeclareOptions::default(), args)
+            .await
+            .unwrap();
+        channel
+            .queue_bind(
+                "refuser".into(),
+                "orderflow.order".into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
 }
 
 pub struct Relay {

@@ -5,6 +5,8 @@
 
 mod helpers;
 
+mod browser;
 mod crash;
+mod dashboard;
 mod delivery;
 mod poison;

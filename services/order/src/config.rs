@@ -1,15 +1,19 @@
-//! The order service's configuration: only what every service reads
-//! (`orderflow_config::ServiceConfig`), with the order service's defaults.
+//! The order service's defaults; what it reads is `orderflow_service::Config`.
 
-use orderflow_config::{ConfigError, ServiceConfig, ServiceDefaults, Source};
+use orderflow_config::{ConfigError, ServiceDefaults, Source};
+pub use orderflow_service::Config;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     grpc_addr: "127.0.0.1:50051",
+    metrics_addr: "127.0.0.1:9101",
     database: "orderflow_order",
 };
 
+/// The name callers used before the struct was shared.
+pub type OrderConfig = Config;
+
 /// # Errors
 /// The first variable that is set but invalid.
-pub fn from_source(src: &dyn Source) -> Result<ServiceConfig, ConfigError> {
-    ServiceConfig::from_source(src, DEFAULTS)
+pub fn from_source(src: &dyn Source) -> Result<Config, ConfigError> {
+    Config::from_source(src, DEFAULTS)
 }

@@ -8,7 +8,12 @@
 //!   INVALID_ARGUMENT listing every bad field, before any transaction.
 //! * `store`: the tables and the use cases. Each use case is one
 //!   transaction that writes the order rows and their outbox events.
-//! * `app`: wiring (pool, schema check, server). `main.rs` is the CLI.
+//! * `handlers`: the saga's consumers (payment.completed, payment.failed,
+//!   inventory.rejected) that confirm or cancel a PENDING order.
+//! * `metrics`: how sagas end (placed, confirmed, cancelled by reason).
+//! * `app`: its name, API and handlers for the wiring every service shares
+//!   (`orderflow_service`: pool, schema check, server, consumer). `main.rs`
+//!   is the CLI.
 //!
 //! A CreateOrder goes `api::create_order` → `request::new_order` →
 //! `store::create_order` (INSERT order ON CONFLICT (request_id) DO NOTHING,
@@ -20,7 +25,8 @@ use orderflow_db::ServiceMigrations;
 pub mod api;
 pub mod app;
 pub mod config;
-mod currency;
+pub mod handlers;
+pub mod metrics;
 pub mod request;
 pub mod store;
 

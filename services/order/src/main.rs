@@ -30,12 +30,16 @@ fn main() -> ExitCode {
         async |config| match cli.command {
             Command::Serve => {
                 let app = Application::build(&config).await?;
-                tracing::info!(grpc.addr = %app.grpc_addr()?, "order service listening");
+                tracing::info!(
+                    grpc.addr = %app.grpc_addr()?,
+                    metrics.addr = %app.metrics_addr()?,
+                    "order service listening"
+                );
                 app.run_until(orderflow_grpc::shutdown_signal()).await
             }
             Command::Migrate => {
                 let applied =
-                    orderflow_db::run_migrations(&config.database_url, MIGRATIONS).await?;
+                    orderflow_db::run_migrations(&config.service.database_url, MIGRATIONS).await?;
                 tracing::info!(count = applied.len(), applied = ?applied, "migrations applied");
                 Ok(())
             }

@@ -2,13 +2,12 @@
 //! INVALID_ARGUMENT status listing every field that is wrong. Nothing here
 //! touches the database, so a bad request never opens a transaction.
 
+use orderflow_events::currency;
 use orderflow_grpc::Violations;
 use orderflow_proto::order::v1 as pb;
 use sha2::{Digest as _, Sha256};
 use tonic::Status;
 use uuid::Uuid;
-
-use crate::currency;
 
 pub const MAX_LINES: usize = 100;
 pub const MAX_QUANTITY: i32 = 1000;
@@ -16,6 +15,9 @@ pub const MAX_EMAIL_LEN: usize = 254;
 pub const MAX_REASON_LEN: usize = 500;
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
+pub const MAX_TOKEN_LEN: usize = 64;
+/// The simulated gateway's card that is always approved.
+pub const DEFAULT_PAYMENT_TOKEN: &str = "tok_visa";
 
 /// A CreateOrder request that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,8 @@ pub struct NewOrder {
     pub currency: String,
     pub lines: Vec<NewLine>,
     pub total_minor: i64,
+    pub payment_token: String,
+    pub customer_phone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +53,9 @@ impl NewOrder {
             h.update(line.quantity.to_be_bytes());
             h.update(line.unit_price_minor.to_be_bytes());
         }
+        h.update(self.payment_token.as_bytes());
+        h.update([0]);
+        h.update(self.customer_phone.as_bytes());
         h.finalize().to_vec()
     }
 }
@@ -60,6 +67,32 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
     let request_id = uuid_field(&mut v, "request_id", &req.request_id);
     let customer_id = uuid_field(&mut v, "customer_id", &req.customer_id);
     email_field(&mut v, "customer_email", &req.customer_email);
+    let payment_token = if req.payment_token.is_empty() {
+        DEFAULT_PAYMENT_TOKEN.to_owned()
+    } else {
+        if req.payment_token.len() > MAX_TOKEN_LEN
+            || !req
+                .payment_token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            v.add(
+                "payment_token",
+                format!("at most {MAX_TOKEN_LEN} letters, digits or '_'"),
+            );
+        }
+        req.payment_token.clone()
+    };
+    let phone_ok = |p: &str| {
+        p.strip_prefix('+')
+            .is_some_and(|d| (8..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+    };
+    if !req.customer_phone.is_empty() && !phone_ok(&req.customer_phone) {
+        v.add(
+            "customer_phone",
+            "must be an E.164 number: '+' and 8 to 15 digits",
+        );
+    }
 
     let mut lines = Vec::with_capacity(req.lines.len().min(MAX_LINES));
     let mut currency: Option<String> = None;
@@ -151,6 +184,8 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
             currency,
             lines,
             total_minor,
+            payment_token,
+            customer_phone: req.customer_phone,
         }),
         // Unreachable: every None above added a violation.
         _ => Err(Status::invalid_argument("invalid request")),
@@ -302,6 +337,8 @@ mod tests {
                 line(&Uuid::new_v4().to_string(), 2, 1250, "EUR"),
                 line(&Uuid::new_v4().to_string(), 1, 500, "EUR"),
             ],
+            payment_token: "tok_declined".into(),
+            customer_phone: "+4915112345678".into(),
         }
     }
 

@@ -7,10 +7,13 @@ use chrono::{DateTime, Utc};
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
 use orderflow_db::{Pool, PoolError};
-use orderflow_events::order::{OrderCancelled, OrderPlaced, OrderPlacedLine};
+use orderflow_events::order::{OrderCancelled, OrderConfirmed, OrderPlaced, OrderPlacedLine};
 use uuid::Uuid;
 
-use crate::request::{ListQuery, NewOrder};
+use crate::{
+    metrics::CancelCause,
+    request::{ListQuery, NewOrder},
+};
 
 /// CloudEvents `source` of every event this service writes.
 pub const EVENT_SOURCE: &str = "orderflow/order";
@@ -139,6 +142,7 @@ pub async fn create_order(pool: &Pool, new: NewOrder) -> Result<Order, OrderErro
         .await?;
     match inserted {
         Some(order) => {
+            crate::metrics::placed();
             tracing::Span::current().record("order.id", tracing::field::display(id));
             Ok(order)
         }
@@ -216,6 +220,8 @@ async fn insert_order(
                     unit_price_minor: l.unit_price_minor,
                 })
                 .collect(),
+            payment_token: new.payment_token.clone(),
+            customer_phone: new.customer_phone.clone(),
         },
     )
     .await?;
@@ -369,53 +375,109 @@ pub async fn list_orders(
 #[tracing::instrument(name = "order.cancel", skip(pool, reason))]
 pub async fn cancel_order(pool: &Pool, id: Uuid, reason: String) -> Result<Order, OrderError> {
     let mut conn = pool.get().await?;
-    let row = conn
-        .transaction(async |conn| {
-            // The row lock orders this event after any other event of the
-            // same order (see orderflow-outbox).
-            let mut row = orders::table
-                .find(id)
-                .for_update()
-                .select(OrderRow::as_select())
-                .first(conn)
-                .await
-                .optional()?
-                .ok_or(OrderError::NotFound(id))?;
-            match row.status.as_str() {
-                status::CANCELLED => return Ok(row),
-                status::PENDING => {}
-                other => {
-                    return Err(OrderError::NotCancellable {
-                        id,
-                        status: other.to_owned(),
-                    });
-                }
-            }
-            row.updated_at = diesel::update(orders::table.find(id))
-                .set((
-                    orders::status.eq(status::CANCELLED),
-                    orders::cancel_reason.eq(&reason),
-                    orders::updated_at.eq(diesel::dsl::now),
-                ))
-                .returning(orders::updated_at)
-                .get_result(conn)
-                .await?;
-            row.status = status::CANCELLED.to_owned();
-            row.cancel_reason = Some(reason.clone());
-            orderflow_outbox::append(
-                conn,
-                EVENT_SOURCE,
-                OrderCancelled {
-                    order_id: id,
-                    customer_id: row.customer_id,
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            Ok::<_, OrderError>(row)
-        })
+    let row =
+        orderflow_db::with_after_commit(conn.transaction(async |conn| {
+            cancel_in_tx(conn, id, &reason, CancelCause::Customer).await
+        }))
         .await?;
     with_lines(&mut conn, row).await
+}
+
+/// The body of [`cancel_order`], also run by the saga handlers inside their
+/// own transaction.
+///
+/// # Errors
+/// [`OrderError::NotFound`], or [`OrderError::NotCancellable`] once CONFIRMED.
+pub async fn cancel_in_tx(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    reason: &str,
+    cause: CancelCause,
+) -> Result<OrderRow, OrderError> {
+    // The row lock orders this event after any other event of the same
+    // order (see orderflow-outbox).
+    let mut row = lock_order(conn, id).await?;
+    match row.status.as_str() {
+        status::CANCELLED => return Ok(row),
+        status::PENDING => {}
+        other => {
+            return Err(OrderError::NotCancellable {
+                id,
+                status: other.to_owned(),
+            });
+        }
+    }
+    row.updated_at = diesel::update(orders::table.find(id))
+        .set((
+            orders::status.eq(status::CANCELLED),
+            orders::cancel_reason.eq(reason),
+            orders::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(orders::updated_at)
+        .get_result(conn)
+        .await?;
+    row.status = status::CANCELLED.to_owned();
+    row.cancel_reason = Some(reason.to_owned());
+    crate::metrics::cancelled_on_commit(cause);
+    orderflow_outbox::append(
+        conn,
+        EVENT_SOURCE,
+        OrderCancelled {
+            order_id: id,
+            customer_id: row.customer_id,
+            customer_email: row.customer_email.clone(),
+            reason: reason.to_owned(),
+        },
+    )
+    .await?;
+    Ok(row)
+}
+
+/// Confirms a PENDING order and emits `order.confirmed`. A CANCELLED order
+/// stays cancelled (its `order.cancelled` makes payment refund) and a
+/// CONFIRMED one is left as it is, so the call is safe to repeat.
+///
+/// # Errors
+/// [`OrderError::NotFound`]; database errors.
+pub async fn confirm_in_tx(conn: &mut AsyncPgConnection, id: Uuid) -> Result<OrderRow, OrderError> {
+    let mut row = lock_order(conn, id).await?;
+    if row.status != status::PENDING {
+        return Ok(row);
+    }
+    row.updated_at = diesel::update(orders::table.find(id))
+        .set((
+            orders::status.eq(status::CONFIRMED),
+            orders::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(orders::updated_at)
+        .get_result(conn)
+        .await?;
+    row.status = status::CONFIRMED.to_owned();
+    crate::metrics::confirmed_on_commit();
+    orderflow_outbox::append(
+        conn,
+        EVENT_SOURCE,
+        OrderConfirmed {
+            order_id: id,
+            customer_id: row.customer_id,
+            customer_email: row.customer_email.clone(),
+            currency: row.currency.clone(),
+            total_minor: row.total_minor,
+        },
+    )
+    .await?;
+    Ok(row)
+}
+
+async fn lock_order(conn: &mut AsyncPgConnection, id: Uuid) -> Result<OrderRow, OrderError> {
+    orders::table
+        .find(id)
+        .for_update()
+        .select(OrderRow::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(OrderError::NotFound(id))
 }
 
 async fn with_lines(conn: &mut AsyncPgConnection, row: OrderRow) -> Result<Order, OrderError> {

@@ -2,89 +2,22 @@
 //! database, driven with real grpcurl through server reflection (no proto
 //! files). grpcurl comes from `GRPCURL` or PATH; `cargo xtask test` installs it.
 
-use std::time::Duration;
-
-use orderflow_testkit::TestDatabase;
-use serde_json::Value;
-use tokio::process::{Child, Command};
+use orderflow_testkit::{ServiceBinary, TestBroker, TestDatabase};
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_order");
+const BIN: ServiceBinary = ServiceBinary::new(env!("CARGO_BIN_EXE_order"));
 const SERVICE: &str = "orderflow.order.v1.OrderService";
-
-fn grpcurl_path() -> String {
-    std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())
-}
-
-struct Grpcurl {
-    addr: String,
-}
-
-struct Output {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Grpcurl {
-    /// `grpcurl -plaintext <flags> <address> <args>`.
-    async fn run(&self, flags: &[&str], args: &[&str]) -> Output {
-        let out = Command::new(grpcurl_path())
-            .arg("-plaintext")
-            .args(flags)
-            .arg(&self.addr)
-            .args(args)
-            .output()
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run grpcurl ({}): {e}; `cargo xtask test` installs it",
-                    grpcurl_path()
-                )
-            });
-        Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
-    }
-
-    /// Calls `method` with a JSON body and returns the JSON response.
-    async fn call(&self, method: &str, body: &Value) -> Value {
-        let body = body.to_string();
-        let out = self
-            .run(&["-d", &body], &[&format!("{SERVICE}/{method}")])
-            .await;
-        assert!(out.ok, "{method} failed: {}", out.stderr);
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("{method}: {e}: {}", out.stdout))
-    }
-}
-
-/// Starts `order serve` on an ephemeral port and reads the port from its
-/// log, so no port is guessed and nothing sleeps.
-async fn serve(db: &TestDatabase) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve")
-        .env("DATABASE_URL", db.url())
-        .env("GRPC_LISTEN_ADDR", "127.0.0.1:0")
-        .env("SHUTDOWN_GRACE_PERIOD", "5s");
-    orderflow_testkit::spawn_until_logged(&mut cmd, "grpc.addr").await
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_binary_migrates_serves_and_answers_grpcurl() {
     // Arrange: a blank database, migrated by the binary itself.
     let db = TestDatabase::empty("order").await;
-    let status = Command::new(BIN)
-        .arg("migrate")
-        .env("DATABASE_URL", db.url())
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "order migrate failed");
-    let (mut child, addr) = serve(&db).await;
-    let grpcurl = Grpcurl { addr };
+    // `serve` also consumes the saga's events: its queues go to a vhost of
+    // this test's own.
+    let broker = TestBroker::new();
+    BIN.migrate(&db).await;
+    let served = BIN.serve(&db, &broker).await;
+    let grpcurl = served.grpcurl(SERVICE);
 
     // Reflection and health.
     let list = grpcurl.run(&[], &["list"]).await;
@@ -187,16 +120,6 @@ async fn the_binary_migrates_serves_and_answers_grpcurl() {
     );
 
     // SIGTERM: the process drains and exits cleanly.
-    let pid = child.id().expect("pid").to_string();
-    let kill = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(kill.success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let exit = served.terminate().await;
     assert!(exit.success(), "exit status after SIGTERM: {exit}");
 }

@@ -3,11 +3,13 @@
 //! `create-orders` keeps `--concurrency` CreateOrder calls in flight for a
 //! fixed time and reports throughput and latency percentiles; `idempotency`
 //! fires many identical calls with one request_id at once and checks that a
-//! single order comes back. `loadgen <subcommand> --help` lists the options.
+//! single order comes back; `otlp-sink` receives and counts OTLP spans for
+//! benchmarks with trace export on. `loadgen <subcommand> --help` lists the options.
 
 mod duration;
 mod request;
 mod run;
+mod sink;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +38,12 @@ enum Command {
     /// Sends N concurrent CreateOrder calls with the same request_id and body;
     /// exits non-zero unless all succeed with one and the same order id.
     Idempotency(IdempotencyArgs),
+    /// An OTLP/gRPC trace receiver that counts spans and keeps nothing (for
+    /// benchmarks with trace export on).
+    OtlpSink {
+        #[arg(long, default_value = "127.0.0.1:4317")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// Where to connect and how; shared by both subcommands.
@@ -93,6 +101,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::CreateOrders(args) => create_orders(args).await,
         Command::Idempotency(args) => idempotency(args).await,
+        Command::OtlpSink { listen } => sink::run(listen).await.map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

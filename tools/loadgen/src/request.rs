@@ -106,6 +106,7 @@ pub fn build_request(rng: &mut Rng, pools: &Pools, lines: usize) -> CreateOrderR
                 }),
             })
             .collect(),
+        ..Default::default()
     }
 }
 

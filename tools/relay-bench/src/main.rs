@@ -1,4 +1,4 @@
-//! `relay-bench <path to outbox-relay> [events]` prints a Markdown report:
+//! `relay-bench <path to outbox-relay> [events] [rounds]` prints a Markdown report:
 //!
 //! 1. raw: the same messages published straight to RabbitMQ with lapin,
 //!    confirmed, in pipelined batches of 500 (what the relay does): the
@@ -34,6 +34,8 @@ use orderflow_amqp::{
 use orderflow_testkit::{TestBroker, TestDatabase};
 use uuid::Uuid;
 
+mod cpu;
+
 const BATCH: usize = 500;
 /// About the size of an `order.placed` CloudEvent.
 const PAYLOAD_PAD: usize = 520;
@@ -43,34 +45,73 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let relay_bin = args
         .next()
-        .context("usage: relay-bench <path to outbox-relay> [events]")?;
+        .context("usage: relay-bench <path to outbox-relay> [events] [rounds]")?;
     let events: usize = args
         .next()
         .map_or(Ok(200_000), |n| n.parse())
         .context("events must be a number")?;
+    let rounds: usize = args
+        .next()
+        .map_or(Ok(3), |n| n.parse())
+        .context("rounds must be a number")?;
 
     let broker = TestBroker::new();
     let db = TestDatabase::new("order", orderflow_order::MIGRATIONS).await;
     let received = Received::start(&broker).await?;
-
-    eprintln!("raw: publishing {events} messages with lapin");
-    let raw_rate = raw_publish(&broker, events, &received).await?;
-
-    eprintln!("relay: inserting {events} outbox rows");
     let sql = connect(db.url()).await?;
-    insert_backlog(&sql, events).await?;
-    received.clear();
-    eprintln!("relay: draining");
-    let started = Instant::now();
-    let mut relay = spawn_relay(&relay_bin, db.url(), &broker.url())?;
-    received.wait_for(events, Duration::from_secs(600)).await?;
-    let relay_rate = events as f64 / started.elapsed().as_secs_f64();
 
+    // Raw and relay alternate, round by round, so both see the same machine
+    // conditions (it is shared, and its load drifts by minutes).
+    let mut raw_rates = Vec::new();
+    let mut relay_rates = Vec::new();
+    let mut ratios = Vec::new();
+    let mut raw_cpu = Default::default();
+    let mut relay_cpu = Default::default();
+    let mut relay: Option<tokio::process::Child> = None;
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds} raw: publishing {events} messages with lapin");
+        let cpu_before = cpu::sample(None);
+        let raw_rate = raw_publish(&broker, events, &received).await?;
+        raw_cpu = cpu_before.per_event(&cpu::sample(None), events);
+
+        // The previous round's relay would start on the new backlog at once.
+        if let Some(previous) = relay.take() {
+            stop_gracefully(previous).await?;
+        }
+        // Every round starts from an empty table, as the first does: the
+        // previous rounds' published rows (and their dead index entries,
+        // before autovacuum) would slow each round more than the last.
+        sql.batch_execute("TRUNCATE outbox").await?;
+        eprintln!("round {round}/{rounds} relay: inserting {events} outbox rows");
+        insert_backlog(&sql, events).await?;
+        received.clear();
+        eprintln!("round {round}/{rounds} relay: draining");
+        let started = Instant::now();
+        let cpu_before = cpu::sample(None);
+        let child = spawn_relay(&relay_bin, db.url(), &broker.url())?;
+        let pid = child.id().context("relay pid")?;
+        relay = Some(child);
+        received.wait_for(events, Duration::from_secs(600)).await?;
+        let relay_rate = events as f64 / started.elapsed().as_secs_f64();
+        relay_cpu = cpu_before.per_event(&cpu::sample(Some(pid)), events);
+        eprintln!(
+            "round {round}/{rounds}: raw {raw_rate:.0}/s, relay {relay_rate:.0}/s, ratio {:.2}",
+            relay_rate / raw_rate
+        );
+        raw_rates.push(raw_rate);
+        relay_rates.push(relay_rate);
+        ratios.push(relay_rate / raw_rate);
+    }
+    let mut relay = relay.context("no round ran: rounds must be at least 1")?;
+    let relay_pid = relay.id().context("relay pid")?;
+
+    // Published rows are what retention removes; start from a clean table.
+    sql.batch_execute("TRUNCATE outbox").await?;
     eprintln!("latency: 1,000 events/s for 30 s");
     received.clear();
     let (achieved, p50, p90, p99, max) =
         steady_latency(db.url(), &received, 1_000, Duration::from_secs(30)).await?;
-    let rss = peak_rss_kib(relay.id().context("relay pid")?)?;
+    let rss = peak_rss_kib(relay_pid)?;
     let _ = relay.kill().await;
 
     println!("## outbox-relay throughput and latency\n");
@@ -79,13 +120,35 @@ async fn main() -> Result<()> {
     );
     println!("| measure | result |");
     println!("|---|---|");
+    let list = |v: &[f64], digits: usize| {
+        v.iter()
+            .map(|x| format!("{x:.digits$}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     println!(
-        "| raw lapin, confirmed, pipelined batches of {BATCH} ({events} messages) | {raw_rate:.0} msg/s |"
+        "| raw lapin, confirmed, pipelined batches of {BATCH} ({events} messages, until the consumer has them all): median of {rounds} rounds ({}) | {:.0} msg/s |",
+        list(&raw_rates, 0),
+        median(&raw_rates)
     );
     println!(
-        "| relay draining {events} pre-inserted rows (10 events per aggregate, 20,000 aggregates per 200,000) | {relay_rate:.0} events/s |"
+        "| relay draining {events} pre-inserted rows (10 events per aggregate), a fresh relay each round: median ({}) | {:.0} events/s |",
+        list(&relay_rates, 0),
+        median(&relay_rates)
     );
-    println!("| ratio relay / raw | {:.2} |", relay_rate / raw_rate);
+    println!(
+        "| ratio relay / raw: median of the rounds' ratios ({}) | {:.2} |",
+        list(&ratios, 2),
+        median(&ratios)
+    );
+    println!(
+        "| CPU per message, raw (last round), µs | {} |",
+        cpu::describe(&raw_cpu)
+    );
+    println!(
+        "| CPU per event, relay (last round), µs | {} |",
+        cpu::describe(&relay_cpu)
+    );
     println!(
         "| latency COMMIT → consumer delivery at {achieved:.0} events/s: p50 / p90 / p99 / max | {p50:.1} / {p90:.1} / {p99:.1} / {max:.1} ms |"
     );
@@ -231,9 +294,9 @@ async fn raw_publish(broker: &TestBroker, events: usize, received: &Received) ->
             }
         }
     }
-    let rate = events as f64 / started.elapsed().as_secs_f64();
+    // Until the consumer has them all: the same end point as the relay's.
     received.wait_for(events, Duration::from_secs(300)).await?;
-    Ok(rate)
+    Ok(events as f64 / started.elapsed().as_secs_f64())
 }
 
 /// `events` rows, 10 per aggregate, written round by round (an aggregate's
@@ -328,6 +391,28 @@ async fn steady_latency(
         ms(0.99),
         hist.max() as f64 / 1000.0,
     ))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// SIGTERM, so the relay releases its partition leases at once and the next
+/// relay need not wait for them to expire.
+async fn stop_gracefully(mut relay: tokio::process::Child) -> Result<()> {
+    let pid = relay.id().context("relay already reaped")?;
+    tokio::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .await?;
+    relay.wait().await?;
+    Ok(())
 }
 
 fn peak_rss_kib(pid: u32) -> Result<u64> {

@@ -222,6 +222,20 @@ async fn invalid_requests_are_invalid_argument_with_field_violations_and_write_n
                 ..valid()
             },
         ),
+        (
+            "payment_token",
+            pb::CreateOrderRequest {
+                payment_token: "tok visa; drop".into(),
+                ..valid()
+            },
+        ),
+        (
+            "customer_phone",
+            pb::CreateOrderRequest {
+                customer_phone: "0151 1234".into(),
+                ..valid()
+            },
+        ),
     ];
     for (field, req) in cases {
         let status = app.create(req).await.unwrap_err();
@@ -286,6 +300,8 @@ async fn no_input_makes_the_server_fail_or_panic() {
             customer_id: pick(&mut rng),
             customer_email: pick(&mut rng),
             lines,
+            payment_token: pick(&mut rng),
+            customer_phone: pick(&mut rng),
         };
         match app.create(req.clone()).await {
             Ok(_) => {}

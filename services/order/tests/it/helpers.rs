@@ -1,20 +1,16 @@
-use std::collections::HashMap;
-
 use diesel_async::{
     AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _, SimpleAsyncConnection as _,
 };
 use orderflow_order::{MIGRATIONS, app::Application};
 use orderflow_proto::order::v1::{self as pb, order_service_client::OrderServiceClient};
-use orderflow_testkit::TestDatabase;
-use tokio::{sync::oneshot, task::JoinHandle};
+use orderflow_testkit::{TestDatabase, TestServer};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// A running order service on its own database.
 pub struct TestApp {
     pub client: OrderServiceClient<Channel>,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<anyhow::Result<()>>>,
+    server: TestServer,
     // Must be the last field: dropped after the server and its pool.
     pub db: TestDatabase,
 }
@@ -23,29 +19,16 @@ impl TestApp {
     pub async fn spawn() -> Self {
         orderflow_telemetry::init_for_tests();
         let db = TestDatabase::new("order", MIGRATIONS).await;
-        let config = orderflow_order::config::from_source(&HashMap::from([
-            ("DATABASE_URL", db.url()),
-            ("GRPC_LISTEN_ADDR", "127.0.0.1:0"),
-            ("DATABASE_POOL_SIZE", "20"),
-            ("SHUTDOWN_GRACE_PERIOD", "5s"),
-        ]))
-        .expect("valid test config");
+        let mut env = orderflow_testkit::service_env(&db);
+        env.insert("DATABASE_POOL_SIZE", "20");
+        let config = orderflow_order::config::from_source(&env).expect("valid test config");
         let app = Application::build(&config)
             .await
             .expect("application builds");
-        let addr = app.grpc_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        }));
-        // The listener is bound already: a lazy channel needs no wait.
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect_lazy();
+        let server = TestServer::spawn(app.grpc_addr().unwrap(), |stop| app.serve_grpc_until(stop));
         Self {
-            client: OrderServiceClient::new(channel),
-            stop: Some(stop),
-            server: Some(server),
+            client: OrderServiceClient::new(server.channel()),
+            server,
             db,
         }
     }
@@ -86,24 +69,8 @@ impl TestApp {
     }
 
     /// Stops the server and waits for it, as SIGTERM would.
-    pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stops cleanly");
-        }
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
     }
 }
 
@@ -124,5 +91,6 @@ pub fn order_request(customer: Uuid) -> pb::CreateOrderRequest {
         customer_id: customer.to_string(),
         customer_email: "ada@example.com".into(),
         lines: vec![line(2, 1250), line(1, 999)],
+        ..Default::default()
     }
 }

@@ -163,6 +163,8 @@ fn parse_duration(value: &str) -> Result<Duration, &'static str> {
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
     pub grpc_addr: SocketAddr,
+    /// Where `/metrics` is served (`METRICS_LISTEN_ADDR`).
+    pub metrics_addr: SocketAddr,
     pub database_url: String,
     pub pool_size: usize,
     pub pool_timeout: Duration,
@@ -174,6 +176,8 @@ pub struct ServiceConfig {
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceDefaults {
     pub grpc_addr: &'static str,
+    /// `/metrics`: 127.0.0.1:9101 for order .. 9104 for notification.
+    pub metrics_addr: &'static str,
     pub database: &'static str,
 }
 
@@ -186,17 +190,26 @@ impl ServiceConfig {
     /// # Errors
     /// The first variable that is set but cannot be used.
     pub fn from_source(src: &dyn Source, defaults: ServiceDefaults) -> Result<Self, ConfigError> {
-        let default_addr: SocketAddr =
-            defaults
-                .grpc_addr
-                .parse()
-                .map_err(|e: std::net::AddrParseError| ConfigError::Invalid {
-                    key: "GRPC_LISTEN_ADDR",
-                    value: defaults.grpc_addr.to_owned(),
+        let default_addr = |key: &'static str, value: &str| {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid {
+                    key,
+                    value: value.to_owned(),
                     reason: e.to_string(),
-                })?;
+                })
+        };
         Ok(Self {
-            grpc_addr: parsed_or(src, "GRPC_LISTEN_ADDR", default_addr)?,
+            grpc_addr: parsed_or(
+                src,
+                "GRPC_LISTEN_ADDR",
+                default_addr("GRPC_LISTEN_ADDR", defaults.grpc_addr)?,
+            )?,
+            metrics_addr: parsed_or(
+                src,
+                "METRICS_LISTEN_ADDR",
+                default_addr("METRICS_LISTEN_ADDR", defaults.metrics_addr)?,
+            )?,
             database_url: string_or(
                 src,
                 "DATABASE_URL",
@@ -220,6 +233,7 @@ mod tests {
 
     const DEFAULTS: ServiceDefaults = ServiceDefaults {
         grpc_addr: "127.0.0.1:50051",
+        metrics_addr: "127.0.0.1:9101",
         database: "orderflow_order",
     };
 
@@ -227,6 +241,7 @@ mod tests {
     fn defaults_need_no_variables() {
         let cfg = ServiceConfig::from_source(&HashMap::<&str, &str>::new(), DEFAULTS).unwrap();
         assert_eq!(cfg.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(cfg.metrics_addr.to_string(), "127.0.0.1:9101");
         assert_eq!(
             cfg.database_url,
             "postgres://postgres@127.0.0.1:5432/orderflow_order"

@@ -16,6 +16,14 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 pub use diesel_async::AsyncPgConnection as PgConnection;
 
+mod after_commit;
+mod pool_metrics;
+mod tx_span;
+
+pub use after_commit::{after_commit, with_after_commit};
+pub use pool_metrics::PoolMetrics;
+pub use tx_span::transaction_span;
+
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
 pub type PooledConnection = deadpool::Object<AsyncPgConnection>;
 pub type PoolError = deadpool::PoolError;
@@ -54,6 +62,8 @@ pub fn build_pool(config: &PoolConfig) -> anyhow::Result<Pool> {
             diesel_async::SimpleAsyncConnection::batch_execute(&mut conn, &settings)
                 .await
                 .map_err(ConnectionError::CouldntSetupConfiguration)?;
+            // A `db.transaction` span per transaction (see `tx_span`).
+            conn.set_instrumentation(tx_span::TransactionSpans::default());
             Ok(conn)
         })
     });

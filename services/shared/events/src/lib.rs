@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
+pub mod currency;
+pub mod inventory;
 pub mod order;
+pub mod payment;
 
 /// A payload that can be published.
 pub trait Event: Serialize + DeserializeOwned {
@@ -16,6 +19,12 @@ pub trait Event: Serialize + DeserializeOwned {
 
     /// The aggregate whose events must be published in order.
     fn aggregate_id(&self) -> Uuid;
+
+    /// The producing service, whose exchange carries this event: the part
+    /// of [`Self::TYPE`] before the first dot (`order.placed` -> `order`).
+    fn producer() -> &'static str {
+        Self::TYPE.split_once('.').map_or(Self::TYPE, |(p, _)| p)
+    }
 }
 
 /// The CloudEvents 1.0 JSON envelope (structured mode).
@@ -63,6 +72,7 @@ mod tests {
             OrderCancelled {
                 order_id,
                 customer_id: Uuid::new_v4(),
+                customer_email: "c@example.com".into(),
                 reason: "cancelled by customer".into(),
             },
         );
@@ -76,5 +86,7 @@ mod tests {
         let back: CloudEvent<OrderCancelled> = serde_json::from_value(json).unwrap();
         assert_eq!(back, event);
         assert_eq!(OrderPlaced::TYPE, "order.placed");
+        assert_eq!(OrderPlaced::producer(), "order");
+        assert_eq!(crate::payment::PaymentFailed::producer(), "payment");
     }
 }

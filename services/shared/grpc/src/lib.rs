@@ -1,15 +1,26 @@
 #![doc = include_str!("../README.md")]
 
+pub mod observe;
+pub mod page_token;
+
+pub use observe::{GrpcMetrics, code_name};
+
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tonic::{
     Code, Status,
-    transport::{Server, server::Router, server::TcpIncoming},
+    transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, StatusExt as _};
+
+/// What a service adds its gRPC API to: tonic's router behind the layer
+/// that traces and measures every call.
+pub type Router = tonic::transport::server::Router<
+    tower::layer::util::Stack<observe::ObserveLayer, tower::layer::util::Identity>,
+>;
 
 /// A bound, not yet serving, gRPC listener. Binding first lets tests use
 /// port 0 and read the port back before the server runs.
@@ -38,13 +49,15 @@ impl GrpcServer {
     /// then drains in-flight calls for at most the grace period.
     ///
     /// `names` are the fully-qualified service names reported by the health
-    /// service (e.g. `orderflow.order.v1.OrderService`).
+    /// service (e.g. `orderflow.order.v1.OrderService`). Every call is
+    /// traced (`grpc.request`) and counted in `metrics`.
     ///
     /// # Errors
     /// When the reflection service cannot be built or the server fails.
     pub async fn serve(
         self,
         names: &[&str],
+        metrics: GrpcMetrics,
         register: impl FnOnce(Router) -> Router,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -58,8 +71,14 @@ impl GrpcServer {
                 // google.rpc error details, so grpcurl can print BadRequest & co.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         };
+        let methods = observe::methods_of(&[
+            orderflow_proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]);
         let router = Server::builder()
-            .trace_fn(request_span)
+            .layer(observe::ObserveLayer::new(metrics, methods))
             .add_service(health_service)
             .add_service(reflection().build_v1().context("reflection v1")?)
             .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);
@@ -97,17 +116,6 @@ async fn set_status(health: &HealthReporter, names: &[&str], status: ServingStat
     for name in names {
         health.set_service_status(*name, status).await;
     }
-}
-
-fn request_span(req: &http::Request<()>) -> tracing::Span {
-    let span = tracing::info_span!(
-        "grpc.request",
-        otel.kind = "server",
-        rpc.system = "grpc",
-        rpc.method = %req.uri().path(),
-    );
-    orderflow_telemetry::set_parent_from(&span, &HeaderCarrier(req.headers()));
-    span
 }
 
 struct HeaderCarrier<'a>(&'a http::HeaderMap);
@@ -189,6 +197,75 @@ pub async fn shutdown_signal() {
     }
 }
 
+/// Tells a task started by [`run_together`] to stop.
+pub struct Stop(tokio::sync::watch::Receiver<bool>);
+
+impl Stop {
+    /// Completes when the task should stop.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Runs two long-lived tasks of one process (a gRPC server and an event
+/// consumer) until `shutdown` completes or either task ends. Then the other
+/// is told to stop and awaited. A task that ends before `shutdown`, even
+/// without an error, is a failure: the process must not run half alive.
+///
+/// # Errors
+/// The first task's error (named), or that it stopped unexpectedly.
+pub async fn run_together<A, FA, B, FB>(
+    shutdown: impl Future<Output = ()>,
+    (a_name, a): (&str, A),
+    (b_name, b): (&str, B),
+) -> anyhow::Result<()>
+where
+    A: FnOnce(Stop) -> FA,
+    FA: Future<Output = anyhow::Result<()>>,
+    B: FnOnce(Stop) -> FB,
+    FB: Future<Output = anyhow::Result<()>>,
+{
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let a = a(Stop(stopped.clone()));
+    let b = b(Stop(stopped));
+    tokio::pin!(a, b, shutdown);
+    let (mut a_done, mut b_done) = (None, None);
+    tokio::select! {
+        () = &mut shutdown => {}
+        r = &mut a => a_done = Some(r),
+        r = &mut b => b_done = Some(r),
+    }
+    let early = match (&a_done, &b_done) {
+        (Some(_), _) => Some(a_name),
+        (_, Some(_)) => Some(b_name),
+        _ => None,
+    };
+    if let Some(name) = early {
+        tracing::error!(task = name, "stopped before shutdown; stopping the rest");
+    }
+    let _ = stop.send(true);
+    let a_result = match a_done {
+        Some(r) => r,
+        None => a.await,
+    };
+    let b_result = match b_done {
+        Some(r) => r,
+        None => b.await,
+    };
+    let named = |r: anyhow::Result<()>, name: &str| r.with_context(|| format!("{name} failed"));
+    let (first, second) = if early == Some(b_name) {
+        (named(b_result, b_name), named(a_result, a_name))
+    } else {
+        (named(a_result, a_name), named(b_result, b_name))
+    };
+    first?;
+    second?;
+    match early {
+        Some(name) => anyhow::bail!("{name} stopped unexpectedly"),
+        None => Ok(()),
+    }
+}
+
 /// Collects field violations; `into_result` turns them into one
 /// INVALID_ARGUMENT status with a `google.rpc.BadRequest` detail.
 #[derive(Debug, Default)]
@@ -205,6 +282,38 @@ impl Violations {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// A required id: only the hyphenated, non-nil form is accepted, one
+    /// spelling per id keeps logs and joins simple. `None` after a violation.
+    pub fn uuid(&mut self, field: &str, value: &str) -> Option<uuid::Uuid> {
+        if value.is_empty() {
+            self.add(field, "is required");
+            return None;
+        }
+        match uuid::Uuid::try_parse(value) {
+            Ok(id) if value.len() == 36 && !id.is_nil() => Some(id),
+            Ok(_) if value.len() == 36 => {
+                self.add(field, "must not be the nil UUID");
+                None
+            }
+            _ => {
+                self.add(
+                    field,
+                    "must be a UUID such as 0b7e4a52-3f1c-4c3e-9d6f-2a1b5c8d9e0f",
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional id (a filter): empty is `None` without a violation.
+    pub fn optional_uuid(&mut self, field: &str, value: &str) -> Option<uuid::Uuid> {
+        if value.is_empty() {
+            None
+        } else {
+            self.uuid(field, value)
+        }
     }
 
     /// # Errors

@@ -4,6 +4,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use orderflow_events::{CloudEvent, Event};
 use orderflow_telemetry::TraceHeaders;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 pub mod schema {
@@ -31,25 +32,75 @@ pub mod relay;
 
 use schema::outbox;
 
+/// No `Option` fields, so `treat_none_as_default_value = false` keeps the
+/// statement cacheable: diesel does not cache an insert whose columns may
+/// vary, and re-parsing this one on every append costs the database.
 #[derive(Insertable)]
-#[diesel(table_name = outbox)]
+#[diesel(table_name = outbox, treat_none_as_default_value = false)]
 struct NewOutboxRow<'a> {
     id: Uuid,
     aggregate_type: &'a str,
     aggregate_id: Uuid,
     event_type: &'a str,
-    payload: serde_json::Value,
-    headers: serde_json::Value,
+    payload: JsonbBytes,
+    headers: JsonbBytes,
+}
+
+/// JSON already serialized, sent as `jsonb`: serializing straight to bytes
+/// skips building a `serde_json::Value` tree per event.
+#[derive(Debug, diesel::AsExpression)]
+#[diesel(sql_type = diesel::sql_types::Jsonb)]
+struct JsonbBytes(Vec<u8>);
+
+impl JsonbBytes {
+    fn of<T: serde::Serialize>(value: &T) -> QueryResult<Self> {
+        serde_json::to_vec(value)
+            .map(Self)
+            .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+    }
+}
+
+impl diesel::serialize::ToSql<diesel::sql_types::Jsonb, diesel::pg::Pg> for JsonbBytes {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+    ) -> diesel::serialize::Result {
+        use std::io::Write as _;
+        // jsonb's binary format: a version byte, then the JSON text.
+        out.write_all(&[1])?;
+        out.write_all(&self.0)?;
+        Ok(diesel::serialize::IsNull::No)
+    }
 }
 
 /// Appends `event` from `source` (CloudEvents `source`, e.g. `orderflow/order`)
 /// to the outbox in the caller's transaction and returns the event id.
 ///
+/// Runs in an `outbox.append` span, the child of the transaction's span
+/// (`orderflow_db::transaction_span`) when one is traced, else of the
+/// current span; that span's trace context is what the row's `headers`
+/// carry, so the relay's publish and the consumer continue the trace here.
+///
 /// # Errors
 /// The database error of the insert, or a serialization error (which only a
 /// payload type that cannot be JSON would cause).
-#[tracing::instrument(name = "outbox.append", skip_all, fields(event.type = E::TYPE, event.id))]
 pub async fn append<E: Event>(
+    conn: &mut AsyncPgConnection,
+    source: &str,
+    event: E,
+) -> QueryResult<Uuid> {
+    let span = match orderflow_db::transaction_span(conn) {
+        Some(tx) => {
+            tracing::info_span!(parent: &tx, "outbox.append", event.type = E::TYPE, event.id = tracing::field::Empty)
+        }
+        None => {
+            tracing::info_span!("outbox.append", event.type = E::TYPE, event.id = tracing::field::Empty)
+        }
+    };
+    insert(conn, source, event).instrument(span).await
+}
+
+async fn insert<E: Event>(
     conn: &mut AsyncPgConnection,
     source: &str,
     event: E,
@@ -58,10 +109,8 @@ pub async fn append<E: Event>(
     let envelope = CloudEvent::new(source, event);
     let id = envelope.id;
     tracing::Span::current().record("event.id", tracing::field::display(id));
-    let payload = serde_json::to_value(&envelope)
-        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
-    let headers = serde_json::to_value(TraceHeaders::capture())
-        .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))?;
+    let payload = JsonbBytes::of(&envelope)?;
+    let headers = JsonbBytes::of(&TraceHeaders::capture())?;
     diesel::insert_into(outbox::table)
         .values(NewOutboxRow {
             id,

@@ -18,7 +18,7 @@ use std::{
 
 use chrono::{DateTime, Utc};
 use diesel::{
-    QueryResult, QueryableByName,
+    OptionalExtension as _, QueryResult, QueryableByName,
     sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz},
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
@@ -399,6 +399,25 @@ pub async fn stop_waiting(conn: &mut AsyncPgConnection, owner: &str) -> QueryRes
         .map(drop)
 }
 
+/// Whether an operator paused this source (`outbox_relay_control`): then
+/// no replica publishes it.
+///
+/// # Errors
+/// Database errors.
+pub async fn paused(conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+    #[derive(QueryableByName)]
+    struct Paused {
+        #[diesel(sql_type = Bool)]
+        paused: bool,
+    }
+    let row: Option<Paused> =
+        diesel::sql_query("SELECT paused_at IS NOT NULL AS paused FROM outbox_relay_control")
+            .get_result(conn)
+            .await
+            .optional()?;
+    Ok(row.is_some_and(|r| r.paused))
+}
+
 /// The backlog of one outbox, for metrics and health.
 #[derive(Debug, Clone, Copy, Default, QueryableByName)]
 pub struct Stats {
@@ -410,6 +429,9 @@ pub struct Stats {
     pub oldest_pending_age_seconds: f64,
     #[diesel(sql_type = BigInt)]
     pub parked: i64,
+    /// Pending, not parked, and failed at least once (in backoff).
+    #[diesel(sql_type = BigInt)]
+    pub failing: i64,
 }
 
 /// # Errors
@@ -419,7 +441,8 @@ pub async fn stats(conn: &mut AsyncPgConnection) -> QueryResult<Stats> {
         "SELECT count(*) FILTER (WHERE parked_at IS NULL) AS pending,
                 COALESCE(extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL)), 0)::float8
                     AS oldest_pending_age_seconds,
-                count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
+                count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked,
+                count(*) FILTER (WHERE parked_at IS NULL AND attempts > 0) AS failing
          FROM outbox WHERE published_at IS NULL",
     )
     .get_result(conn)

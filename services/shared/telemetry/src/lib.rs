@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 
+mod logs;
+pub mod metrics;
+
 use std::collections::BTreeMap;
 
 use anyhow::Context as _;
@@ -57,6 +60,7 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
     }
     let provider = provider.build();
     if exporting {
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         global::set_tracer_provider(provider.clone());
         otel = Some(otel_layer(&provider, service));
     }
@@ -68,15 +72,12 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
     let json = src
         .get("LOG_FORMAT")
         .is_some_and(|f| f.eq_ignore_ascii_case("json"));
-    let fmt = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .with_span_list(false)
-            .boxed()
-    } else {
-        tracing_subscriber::fmt::layer().compact().boxed()
-    };
+    // NO_COLOR (https://no-color.org) turns colours off, as the fmt layer
+    // does by default.
+    let ansi = !json && src.get("NO_COLOR").is_none();
+    // Trace ids exist only while spans are exported (the OpenTelemetry
+    // layer is installed); then every line inside a span carries them.
+    let fmt = log_layer(json, ansi, exporting, std::io::stdout);
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
         .with(otel)
@@ -85,12 +86,55 @@ pub fn init(service: &'static str, src: &dyn Source) -> anyhow::Result<Telemetry
     Ok(TelemetryGuard { provider })
 }
 
+/// The log layer `init` installs: JSON lines (`json`) or compact text (with
+/// colours when `ansi`), and with `trace_ids`, `trace_id` and `span_id` of
+/// the current span on every line written inside one (they exist only with
+/// the OpenTelemetry layer installed as well). Public for tests.
+#[doc(hidden)]
+pub fn log_layer<S, W>(
+    json: bool,
+    ansi: bool,
+    trace_ids: bool,
+    writer: W,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    if json {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(logs::WithTraceIds::new(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false),
+                logs::Shape::Json,
+                trace_ids,
+            ))
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(ansi)
+            .event_format(logs::WithTraceIds::new(
+                tracing_subscriber::fmt::format().compact().with_ansi(ansi),
+                logs::Shape::Text,
+                trace_ids,
+            ))
+            .boxed()
+    }
+}
+
 /// For tests: logs to the test writer, `RUST_LOG` or `warn`; idempotent.
 ///
 /// Propagation is set up as in production (nothing exported), so tests see
 /// the trace context that services store in the outbox.
 pub fn init_for_tests() {
     global::set_text_map_propagator(TraceContextPropagator::new());
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     let provider = SdkTracerProvider::builder()
         .with_sampler(Sampler::AlwaysOff)
         .build();
@@ -137,6 +181,15 @@ impl TraceHeaders {
         headers
     }
 
+    /// The context of `span` (empty when spans are not exported).
+    pub fn of_span(span: &tracing::Span) -> Self {
+        Self::from_context(&span.context())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The context these headers describe (empty when there are none).
     pub fn to_context(&self) -> Context {
         global::get_text_map_propagator(|p| p.extract(self))
@@ -159,6 +212,26 @@ impl Extractor for TraceHeaders {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(String::as_str).collect()
+    }
+}
+
+/// Whether the OpenTelemetry layer is installed (spans are exported, or a
+/// test set it up): when not, span contexts, links and trace headers would
+/// be empty, and computing them is wasted work.
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Links `span` to the span context that `headers` describe (W3C), if
+/// valid: for work on behalf of many traces at once, such as a batch.
+pub fn add_link(span: &tracing::Span, headers: &TraceHeaders) {
+    use opentelemetry::trace::TraceContextExt as _;
+    let cx = headers.to_context();
+    let linked = cx.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
     }
 }
 

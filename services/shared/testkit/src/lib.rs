@@ -1,10 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 mod broker;
+pub mod grpcurl;
 mod process;
+mod server;
 
 pub use broker::TestBroker;
-pub use process::spawn_until_logged;
+pub use process::{ServedBinary, ServiceBinary, spawn_until_logged};
+pub use server::{Shutdown, TestServer, service_env};
 
 use std::{
     future::Future,
@@ -247,15 +250,37 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    wait_for(what, timeout, || {
+        let holds = condition();
+        async move {
+            if holds.await {
+                Ok(())
+            } else {
+                Err("not yet".to_owned())
+            }
+        }
+    })
+    .await;
+}
+
+/// Polls `check` every 20 ms until it returns `Ok`, and returns its value.
+///
+/// # Panics
+/// When the deadline passes, with `what` and the last `Err` (what was seen).
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if condition().await {
-            return;
+        match check().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting until {what}; last seen: {seen}"
+            ),
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,5 +1,6 @@
-//! ISO 4217 alphabetic codes of the currencies in use (list of 2024), so a
-//! typo such as "EUO" is refused instead of reaching the payment gateway.
+//! ISO 4217 currencies, as the events carry them (`currency: "EUR"`): the
+//! codes in use (list of 2024), so a typo such as "EUO" is refused before it
+//! reaches the payment gateway, and their minor units, to format amounts.
 
 const CODES: &[&str] = &[
     "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
@@ -16,9 +17,28 @@ const CODES: &[&str] = &[
     "VES", "VND", "VUV", "WST", "XAF", "XCD", "XCG", "XOF", "XPF", "YER", "ZAR", "ZMW", "ZWG",
 ];
 
+/// ISO 4217 currencies whose minor unit is not 1/100.
+const ZERO_DECIMALS: &[&str] = &[
+    "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "VND", "VUV",
+    "XAF", "XOF", "XPF",
+];
+const THREE_DECIMALS: &[&str] = &["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"];
+
 /// Is `code` an ISO 4217 currency in use? Case-sensitive: codes are upper case.
 pub fn is_known(code: &str) -> bool {
     CODES.binary_search(&code).is_ok()
+}
+
+/// Digits after the decimal point in `currency`'s amounts: 2 unless ISO 4217
+/// says 0 (JPY) or 3 (KWD), and 2 for a code it does not know.
+pub fn decimals(currency: &str) -> u32 {
+    if ZERO_DECIMALS.contains(&currency) {
+        0
+    } else if THREE_DECIMALS.contains(&currency) {
+        3
+    } else {
+        2
+    }
 }
 
 #[cfg(test)]
@@ -34,5 +54,19 @@ mod tests {
     fn known_and_unknown() {
         assert!(is_known("EUR") && is_known("JPY") && is_known("USD"));
         assert!(!is_known("eur") && !is_known("EUO") && !is_known("") && !is_known("EURO"));
+    }
+
+    #[test]
+    fn decimals_are_of_known_codes() {
+        assert!(
+            ZERO_DECIMALS
+                .iter()
+                .chain(THREE_DECIMALS)
+                .all(|c| is_known(c))
+        );
+        assert_eq!(
+            (decimals("EUR"), decimals("JPY"), decimals("KWD")),
+            (2, 0, 3)
+        );
     }
 }

@@ -1,0 +1,3 @@
+DROP INDEX outbox_created_at;
+DROP TABLE outbox_audit;
+DROP TABLE outbox_relay_control;

@@ -1,0 +1,3 @@
+DROP TABLE stock_import_skus;
+DROP TABLE stock_import_errors;
+DROP TABLE stock_imports;

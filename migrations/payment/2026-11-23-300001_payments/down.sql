@@ -1,0 +1,2 @@
+DROP TABLE cancelled_orders;
+DROP TABLE payments;

@@ -1,0 +1,414 @@
+//! The saga's consumers. Each runs inside the consumer runtime's
+//! transaction, next to its inbox row (so a duplicate delivery changes
+//! nothing), and appends its events on the same connection. Business
+//! outcomes (a rejected reservation) are events, not errors; an `Err` is
+//! only for what a retry may fix (the database) — see `orderflow_consumer`.
+//!
+//! A reservation row exists for every order we heard of, whatever the
+//! outcome, and is inserted first (`ON CONFLICT DO NOTHING`): it is both the
+//! idempotency key and the lock that orders a concurrent order.placed and
+//! order.cancelled of the same order. Product rows are locked after it, in
+//! `product_id` order, so concurrent orders never deadlock.
+
+use std::collections::{BTreeMap, HashMap};
+
+use diesel::{OptionalExtension as _, prelude::*};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use orderflow_consumer::{Consumer, Handler, HandlerResult};
+use orderflow_events::{
+    CloudEvent,
+    inventory::{InventoryRejected, InventoryReleased, InventoryReserved, ReservedLine, Shortage},
+    order::{OrderCancelled, OrderConfirmed, OrderPlaced},
+    payment::PaymentFailed,
+};
+use uuid::Uuid;
+
+use crate::{
+    EVENT_SOURCE,
+    schema::{products, reservation_lines, reservations},
+};
+
+/// `reservations.status`.
+pub mod status {
+    /// Stock is taken off `on_hand` and held in `reserved`.
+    pub const RESERVED: &str = "RESERVED";
+    /// Nothing was taken: some line was short.
+    pub const REJECTED: &str = "REJECTED";
+    /// The held units went back to `on_hand`.
+    pub const RELEASED: &str = "RELEASED";
+    /// The order was confirmed: the held units are sold.
+    pub const COMMITTED: &str = "COMMITTED";
+    /// Tombstone: the order was cancelled before its order.placed arrived.
+    pub const CANCELLED: &str = "CANCELLED";
+}
+
+/// Registers every handler of this service on `consumer`.
+#[must_use]
+pub fn register(consumer: Consumer) -> Consumer {
+    consumer
+        .with(ReserveStock)
+        .with(ReleaseOnPaymentFailed)
+        .with(ReleaseOnOrderCancelled)
+        .with(CommitReservation)
+}
+
+/// order.placed: reserve every line or none.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReserveStock;
+
+impl Handler for ReserveStock {
+    type Event = OrderPlaced;
+    const NAME: &'static str = "reserve-stock";
+
+    async fn handle(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: CloudEvent<OrderPlaced>,
+    ) -> HandlerResult {
+        Ok(reserve(conn, &event.data).await?)
+    }
+}
+
+/// payment.failed: give the order's units back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseOnPaymentFailed;
+
+impl Handler for ReleaseOnPaymentFailed {
+    type Event = PaymentFailed;
+    const NAME: &'static str = "release-on-payment-failed";
+
+    async fn handle(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: CloudEvent<PaymentFailed>,
+    ) -> HandlerResult {
+        let reason = format!("payment failed: {}", event.data.reason);
+        Ok(release(conn, event.data.order_id, &reason).await?)
+    }
+}
+
+/// order.cancelled: give the order's units back, or leave a tombstone when
+/// the cancel overtook order.placed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseOnOrderCancelled;
+
+impl Handler for ReleaseOnOrderCancelled {
+    type Event = OrderCancelled;
+    const NAME: &'static str = "release-on-order-cancelled";
+
+    async fn handle(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: CloudEvent<OrderCancelled>,
+    ) -> HandlerResult {
+        let reason = format!("order cancelled: {}", event.data.reason);
+        Ok(release(conn, event.data.order_id, &reason).await?)
+    }
+}
+
+/// order.confirmed: the held units are sold.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CommitReservation;
+
+impl Handler for CommitReservation {
+    type Event = OrderConfirmed;
+    const NAME: &'static str = "commit-reservation";
+
+    async fn handle(
+        &self,
+        conn: &mut AsyncPgConnection,
+        event: CloudEvent<OrderConfirmed>,
+    ) -> HandlerResult {
+        Ok(commit(conn, event.data.order_id).await?)
+    }
+}
+
+/// Inserts the reservation row unless one exists; true when this call did.
+async fn claim(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+    status: &str,
+    reason: Option<&str>,
+) -> QueryResult<bool> {
+    let inserted = diesel::insert_into(reservations::table)
+        .values((
+            reservations::order_id.eq(order_id),
+            reservations::status.eq(status),
+            reservations::reason.eq(reason),
+        ))
+        .on_conflict(reservations::order_id)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// The order's lines per product (a product listed twice is summed), or
+/// why they cannot be reserved at all.
+fn wanted(order: &OrderPlaced) -> Result<BTreeMap<Uuid, i32>, String> {
+    if order.lines.is_empty() {
+        return Err("the order has no lines".to_owned());
+    }
+    let mut wanted = BTreeMap::<Uuid, i32>::new();
+    for line in &order.lines {
+        let total = wanted.entry(line.product_id).or_default();
+        match total.checked_add(line.quantity) {
+            Some(q) if line.quantity > 0 => *total = q,
+            _ => {
+                return Err(format!(
+                    "invalid quantity {} for product {}",
+                    line.quantity, line.product_id
+                ));
+            }
+        }
+    }
+    Ok(wanted)
+}
+
+#[tracing::instrument(name = "inventory.reserve", skip_all, fields(order.id = %order.order_id, outcome))]
+async fn reserve(conn: &mut AsyncPgConnection, order: &OrderPlaced) -> QueryResult<()> {
+    if !claim(conn, order.order_id, status::RESERVED, None).await? {
+        tracing::info!("reservation exists (handled or cancelled before): nothing to do");
+        tracing::Span::current().record("outcome", "skipped");
+        return Ok(());
+    }
+    let (shortages, reason) = match wanted(order) {
+        Err(invalid) => {
+            // The order service never sends this; refusing it still ends
+            // the order (CANCELLED) instead of leaving it PENDING.
+            tracing::warn!(reason = %invalid, "order.placed with invalid lines");
+            (Vec::new(), format!("invalid order: {invalid}"))
+        }
+        Ok(wanted) => {
+            let ids: Vec<Uuid> = wanted.keys().copied().collect();
+            // The lock of every product before any decision: concurrent
+            // orders of the same product queue here, in product_id order.
+            let available: HashMap<Uuid, i64> = products::table
+                .filter(products::product_id.eq_any(&ids))
+                .order(products::product_id)
+                .for_update()
+                .select((products::product_id, products::on_hand))
+                .load::<(Uuid, i64)>(conn)
+                .await?
+                .into_iter()
+                .collect();
+            let shortages: Vec<Shortage> = wanted
+                .iter()
+                .filter_map(|(&product_id, &requested)| {
+                    let available = available.get(&product_id).copied().unwrap_or(0);
+                    (available < i64::from(requested)).then_some(Shortage {
+                        product_id,
+                        requested,
+                        available,
+                    })
+                })
+                .collect();
+            if shortages.is_empty() {
+                take(conn, order, &wanted).await?;
+                tracing::Span::current().record("outcome", status::RESERVED);
+                return Ok(());
+            }
+            let reason = shortages
+                .iter()
+                .map(|s| {
+                    if available.contains_key(&s.product_id) {
+                        format!(
+                            "insufficient stock for product {}: {} requested, {} available",
+                            s.product_id, s.requested, s.available
+                        )
+                    } else {
+                        format!(
+                            "unknown product {}: {} requested, 0 available",
+                            s.product_id, s.requested
+                        )
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("; ");
+            (shortages, reason)
+        }
+    };
+    diesel::update(reservations::table.find(order.order_id))
+        .set((
+            reservations::status.eq(status::REJECTED),
+            reservations::reason.eq(&reason),
+            reservations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    orderflow_outbox::append(
+        conn,
+        EVENT_SOURCE,
+        InventoryRejected {
+            order_id: order.order_id,
+            customer_id: order.customer_id,
+            reason,
+            shortages,
+        },
+    )
+    .await?;
+    tracing::Span::current().record("outcome", status::REJECTED);
+    Ok(())
+}
+
+/// Moves the wanted units from on_hand to reserved (the rows are locked and
+/// checked), records the lines and appends inventory.reserved.
+async fn take(
+    conn: &mut AsyncPgConnection,
+    order: &OrderPlaced,
+    wanted: &BTreeMap<Uuid, i32>,
+) -> QueryResult<()> {
+    for (&product_id, &quantity) in wanted {
+        let q = i64::from(quantity);
+        diesel::update(products::table.find(product_id))
+            .set((
+                products::on_hand.eq(products::on_hand - q),
+                products::reserved.eq(products::reserved + q),
+                products::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    let rows: Vec<_> = wanted
+        .iter()
+        .map(|(&product_id, &quantity)| {
+            (
+                reservation_lines::order_id.eq(order.order_id),
+                reservation_lines::product_id.eq(product_id),
+                reservation_lines::quantity.eq(quantity),
+            )
+        })
+        .collect();
+    diesel::insert_into(reservation_lines::table)
+        .values(&rows)
+        .execute(conn)
+        .await?;
+    orderflow_outbox::append(
+        conn,
+        EVENT_SOURCE,
+        InventoryReserved {
+            order_id: order.order_id,
+            customer_id: order.customer_id,
+            customer_email: order.customer_email.clone(),
+            currency: order.currency.clone(),
+            total_minor: order.total_minor,
+            payment_token: order.payment_token.clone(),
+            lines: wanted
+                .iter()
+                .map(|(&product_id, &quantity)| ReservedLine {
+                    product_id,
+                    quantity,
+                })
+                .collect(),
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The status of the order's reservation, locked; `None` when there is none.
+async fn lock_reservation(
+    conn: &mut AsyncPgConnection,
+    order_id: Uuid,
+) -> QueryResult<Option<String>> {
+    reservations::table
+        .find(order_id)
+        .for_update()
+        .select(reservations::status)
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The reservation's lines in product_id order (the lock order).
+async fn lines_of(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Vec<ReservedLine>> {
+    let rows: Vec<(Uuid, i32)> = reservation_lines::table
+        .filter(reservation_lines::order_id.eq(order_id))
+        .order(reservation_lines::product_id)
+        .select((reservation_lines::product_id, reservation_lines::quantity))
+        .load(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(product_id, quantity)| ReservedLine {
+            product_id,
+            quantity,
+        })
+        .collect())
+}
+
+#[tracing::instrument(name = "inventory.release", skip(conn), fields(outcome))]
+async fn release(conn: &mut AsyncPgConnection, order_id: Uuid, reason: &str) -> QueryResult<()> {
+    if claim(conn, order_id, status::CANCELLED, Some(reason)).await? {
+        tracing::info!("no reservation yet: tombstone left for a late order.placed");
+        tracing::Span::current().record("outcome", status::CANCELLED);
+        return Ok(());
+    }
+    let current = lock_reservation(conn, order_id).await?;
+    if current.as_deref() != Some(status::RESERVED) {
+        tracing::info!(status = ?current, "nothing held: nothing to release");
+        tracing::Span::current().record("outcome", "skipped");
+        return Ok(());
+    }
+    let lines = lines_of(conn, order_id).await?;
+    for line in &lines {
+        let q = i64::from(line.quantity);
+        diesel::update(products::table.find(line.product_id))
+            .set((
+                products::on_hand.eq(products::on_hand + q),
+                products::reserved.eq(products::reserved - q),
+                products::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    diesel::update(reservations::table.find(order_id))
+        .set((
+            reservations::status.eq(status::RELEASED),
+            reservations::reason.eq(reason),
+            reservations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    orderflow_outbox::append(
+        conn,
+        EVENT_SOURCE,
+        InventoryReleased {
+            order_id,
+            reason: reason.to_owned(),
+            lines,
+        },
+    )
+    .await?;
+    tracing::Span::current().record("outcome", status::RELEASED);
+    Ok(())
+}
+
+#[tracing::instrument(name = "inventory.commit", skip(conn), fields(outcome))]
+async fn commit(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
+    let current = lock_reservation(conn, order_id).await?;
+    if current.as_deref() != Some(status::RESERVED) {
+        // The saga confirms only reserved orders; anything else is a replay.
+        tracing::warn!(status = ?current, "order.confirmed for a reservation that is not held: nothing to commit");
+        tracing::Span::current().record("outcome", "skipped");
+        return Ok(());
+    }
+    for line in lines_of(conn, order_id).await? {
+        diesel::update(products::table.find(line.product_id))
+            .set((
+                products::reserved.eq(products::reserved - i64::from(line.quantity)),
+                products::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    diesel::update(reservations::table.find(order_id))
+        .set((
+            reservations::status.eq(status::COMMITTED),
+            reservations::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    tracing::Span::current().record("outcome", status::COMMITTED);
+    Ok(())
+}

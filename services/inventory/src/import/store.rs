@@ -1,0 +1,418 @@
+//! The import's SQL. Each chunk is one transaction: lock the import's row,
+//! skip rows an earlier stream committed, upsert the good rows with one
+//! statement over arrays (which also finds SKUs the source gave before),
+//! record the rejected rows, bump the counts, append the chunk's event.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    OptionalExtension as _, QueryableByName,
+    result::DatabaseErrorKind,
+    sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
+use orderflow_db::Pool;
+use uuid::Uuid;
+
+use super::{
+    event::{ImportedProduct, StockImported},
+    rows::Chunk,
+};
+use crate::{EVENT_SOURCE, store::InventoryError};
+
+/// An import's progress and counts, as committed.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct ImportRecord {
+    #[diesel(sql_type = SqlUuid)]
+    pub import_id: Uuid,
+    #[diesel(sql_type = BigInt)]
+    pub last_row_number: i64,
+    #[diesel(sql_type = BigInt)]
+    pub rows: i64,
+    #[diesel(sql_type = BigInt)]
+    pub inserted: i64,
+    #[diesel(sql_type = BigInt)]
+    pub updated: i64,
+    #[diesel(sql_type = BigInt)]
+    pub unchanged: i64,
+    #[diesel(sql_type = BigInt)]
+    pub rejected: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub started_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A rejected row, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct RowErrorRecord {
+    #[diesel(sql_type = BigInt)]
+    pub row_number: i64,
+    #[diesel(sql_type = Text)]
+    pub sku: String,
+    #[diesel(sql_type = Text)]
+    pub reason: String,
+}
+
+const IMPORT_COLUMNS: &str = "import_id, last_row_number, rows, inserted, updated, unchanged, \
+     rejected, started_at, updated_at, finished_at";
+
+/// Creates the import's row unless it exists (a resumed import keeps the
+/// source of its first stream).
+///
+/// # Errors
+/// Database errors.
+pub async fn begin(
+    pool: &Pool,
+    import_id: Uuid,
+    source: Option<Uuid>,
+) -> Result<(), InventoryError> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query(
+        "INSERT INTO stock_imports (import_id, source) VALUES ($1, $2) \
+         ON CONFLICT (import_id) DO NOTHING",
+    )
+    .bind::<SqlUuid, _>(import_id)
+    .bind::<Nullable<SqlUuid>, _>(source)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// # Errors
+/// [`InventoryError::ImportNotFound`].
+pub async fn get(pool: &Pool, import_id: Uuid) -> Result<ImportRecord, InventoryError> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query(format!(
+        "SELECT {IMPORT_COLUMNS} FROM stock_imports WHERE import_id = $1"
+    ))
+    .bind::<SqlUuid, _>(import_id)
+    .get_result(&mut conn)
+    .await
+    .optional()?
+    .ok_or(InventoryError::ImportNotFound(import_id))
+}
+
+/// Marks the import finished (no rows may follow) and returns it.
+///
+/// # Errors
+/// Database errors.
+pub async fn finish(pool: &Pool, import_id: Uuid) -> Result<ImportRecord, InventoryError> {
+    let mut conn = pool.get().await?;
+    diesel::sql_query(format!(
+        "UPDATE stock_imports SET finished_at = coalesce(finished_at, now()), updated_at = now() \
+         WHERE import_id = $1 RETURNING {IMPORT_COLUMNS}"
+    ))
+    .bind::<SqlUuid, _>(import_id)
+    .get_result(&mut conn)
+    .await
+    .optional()?
+    .ok_or(InventoryError::ImportNotFound(import_id))
+}
+
+/// Up to `limit` rejected rows after row `after`, by row number.
+///
+/// # Errors
+/// Database errors.
+pub async fn errors(
+    pool: &Pool,
+    import_id: Uuid,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RowErrorRecord>, InventoryError> {
+    let mut conn = pool.get().await?;
+    Ok(diesel::sql_query(
+        "SELECT row_number, sku, reason FROM stock_import_errors \
+         WHERE import_id = $1 AND row_number > $2 ORDER BY row_number LIMIT $3",
+    )
+    .bind::<SqlUuid, _>(import_id)
+    .bind::<BigInt, _>(after)
+    .bind::<BigInt, _>(limit)
+    .load(&mut conn)
+    .await?)
+}
+
+/// Why a chunk's transaction did not commit.
+enum ChunkError {
+    /// A deadlock or serialization failure: try again.
+    Retry(diesel::result::Error),
+    Failed(InventoryError),
+}
+
+impl From<diesel::result::Error> for ChunkError {
+    fn from(err: diesel::result::Error) -> Self {
+        match &err {
+            diesel::result::Error::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => {
+                Self::Retry(err)
+            }
+            diesel::result::Error::DatabaseError(_, info)
+                if info.message().contains("deadlock detected") =>
+            {
+                Self::Retry(err)
+            }
+            _ => Self::Failed(err.into()),
+        }
+    }
+}
+
+impl From<InventoryError> for ChunkError {
+    fn from(err: InventoryError) -> Self {
+        Self::Failed(err)
+    }
+}
+
+const ATTEMPTS: u32 = 5;
+
+/// Commits one chunk: its good rows upserted, its rejected rows recorded,
+/// the import's counts and last row, and its event, in one transaction.
+///
+/// # Errors
+/// [`InventoryError::ImportFinished`] for new rows sent to a finished
+/// import; database errors.
+#[tracing::instrument(name = "inventory.import_chunk", skip_all,
+    fields(import.id = %import_id, rows = chunk.len(), first_row = chunk.first_row, last_row = chunk.last_row))]
+pub async fn write_chunk(
+    pool: &Pool,
+    import_id: Uuid,
+    mut chunk: Chunk,
+) -> Result<(), InventoryError> {
+    let mut conn = pool.get().await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = conn
+            .transaction(async |conn| write_once(conn, import_id, &mut chunk).await)
+            .await;
+        match result {
+            Ok(()) => return Ok(()),
+            // A deadlock with a concurrent writer (the saga locks products
+            // in id order, an import in SKU order): the transaction is gone,
+            // run it again.
+            Err(ChunkError::Retry(e)) if attempt < ATTEMPTS => {
+                tracing::warn!(error.message = %e, attempt, "import chunk conflicted; retrying");
+            }
+            Err(ChunkError::Retry(e)) => return Err(e.into()),
+            Err(ChunkError::Failed(e)) => return Err(e),
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct ImportState {
+    #[diesel(sql_type = BigInt)]
+    last_row_number: i64,
+    #[diesel(sql_type = Bool)]
+    finished: bool,
+    #[diesel(sql_type = SqlUuid)]
+    source: Uuid,
+}
+
+#[derive(QueryableByName)]
+struct Changed {
+    #[diesel(sql_type = SqlUuid)]
+    product_id: Uuid,
+    #[diesel(sql_type = Text)]
+    sku: String,
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Text)]
+    currency: String,
+    #[diesel(sql_type = BigInt)]
+    unit_price_minor: i64,
+    #[diesel(sql_type = BigInt)]
+    on_hand: i64,
+    #[diesel(sql_type = Bool)]
+    inserted: bool,
+    #[diesel(sql_type = Bool)]
+    changed: bool,
+    #[diesel(sql_type = BigInt)]
+    import_row: i64,
+}
+
+/// One multi-row upsert over arrays (unnest), rows in SKU order.
+///
+/// Every product remembers the import row that last set it (source, row).
+/// For a known SKU:
+/// * a row of the same source whose row number is higher than the
+///   remembered one repeats a SKU the file gave before (`dup`): nothing
+///   changes (the SET keeps every value, so RETURNING shows the first row);
+/// * otherwise a row whose data differs replaces it, with a new updated_at;
+/// * an identical row of another source only moves the marker to itself
+///   (a write, no new updated_at, no event), so that a repeat later in the
+///   same file is recognised on this run and the next;
+/// * an identical row that already holds the marker writes nothing.
+///
+/// RETURNING gives the inserted and touched products; `changed` (updated_at
+/// is this transaction's) tells a data change from a marker move.
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    // coalesce: a product no import has marked has NULLs, and a NULL would
+    // make `NOT dup` NULL too.
+    let dup = "coalesce(p.import_source = excluded.import_source \
+         AND p.import_row < excluded.import_row, false)";
+    let changed = "((p.name, p.currency, p.unit_price_minor, p.on_hand) \
+         IS DISTINCT FROM (excluded.name, excluded.currency, excluded.unit_price_minor, excluded.on_hand))";
+    let keep = |column: &str| {
+        format!("{column} = CASE WHEN {dup} THEN p.{column} ELSE excluded.{column} END")
+    };
+    format!(
+        "INSERT INTO products AS p \
+           (product_id, sku, name, currency, unit_price_minor, on_hand, import_source, import_row) \
+         SELECT i.product_id, i.sku, i.name, i.currency, i.unit_price_minor, i.on_hand, $8, i.import_row \
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[]) \
+             AS i(product_id, sku, name, currency, unit_price_minor, on_hand, import_row) \
+         ON CONFLICT (sku) DO UPDATE SET {}, {}, {}, {}, \
+           updated_at = CASE WHEN NOT {dup} AND {changed} THEN now() ELSE p.updated_at END, \
+           {}, {} \
+         WHERE {dup} OR {changed} \
+            OR p.import_source IS DISTINCT FROM excluded.import_source \
+            OR p.import_row IS DISTINCT FROM excluded.import_row \
+         RETURNING p.product_id, p.sku, p.name, p.currency, p.unit_price_minor, p.on_hand, \
+           (p.xmax = 0) AS inserted, (p.updated_at = now()) AS changed, p.import_row",
+        keep("name"),
+        keep("currency"),
+        keep("unit_price_minor"),
+        keep("on_hand"),
+        keep("import_source"),
+        keep("import_row"),
+    )
+});
+
+async fn write_once(
+    conn: &mut AsyncPgConnection,
+    import_id: Uuid,
+    chunk: &mut Chunk,
+) -> Result<(), ChunkError> {
+    // The import's row lock serialises the chunks of concurrent streams of
+    // one import (a client resuming while its old stream still commits).
+    let state: ImportState = diesel::sql_query(
+        "SELECT last_row_number, finished_at IS NOT NULL AS finished, \
+                coalesce(source, import_id) AS source \
+         FROM stock_imports WHERE import_id = $1 FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(import_id)
+    .get_result(conn)
+    .await
+    .optional()?
+    .ok_or(InventoryError::ImportNotFound(import_id))?;
+    if state.finished && chunk.last_row > state.last_row_number {
+        return Err(InventoryError::ImportFinished {
+            import_id,
+            last_row: state.last_row_number,
+        }
+        .into());
+    }
+    chunk.skip_through(state.last_row_number);
+    if chunk.is_empty() {
+        return Ok(());
+    }
+
+    let returned: Vec<Changed> = if chunk.good.is_empty() {
+        Vec::new()
+    } else {
+        let rows = chunk.good.sorted_by_sku();
+        diesel::sql_query(UPSERT.as_str())
+            .bind::<Array<SqlUuid>, _>(&rows.product_id)
+            .bind::<Array<Text>, _>(&rows.sku)
+            .bind::<Array<Text>, _>(&rows.name)
+            .bind::<Array<Text>, _>(&rows.currency)
+            .bind::<Array<BigInt>, _>(&rows.unit_price_minor)
+            .bind::<Array<BigInt>, _>(&rows.on_hand)
+            .bind::<Array<BigInt>, _>(&rows.row_number)
+            .bind::<SqlUuid, _>(state.source)
+            .load(conn)
+            .await?
+    };
+    // Sort what came back into inserted, changed, repeated (rejected) and
+    // marker moves (unchanged).
+    let index: HashMap<&str, usize> = chunk
+        .good
+        .sku
+        .iter()
+        .enumerate()
+        .map(|(i, sku)| (sku.as_str(), i))
+        .collect();
+    let mut repeated = HashMap::new();
+    let mut changed = Vec::new();
+    for c in returned {
+        let Some(&i) = index.get(c.sku.as_str()) else {
+            continue;
+        };
+        if c.import_row < chunk.good.row_number[i] {
+            repeated.insert(
+                i,
+                format!("sku: {} was already given on row {}", c.sku, c.import_row),
+            );
+        } else if c.inserted || c.changed {
+            changed.push(c);
+        }
+    }
+    drop(index);
+    chunk.reject(&repeated);
+    if !chunk.rejected.is_empty() {
+        let (numbers, (skus, reasons)): (Vec<i64>, (Vec<&str>, Vec<&str>)) = chunk
+            .rejected
+            .iter()
+            .map(|r| (r.row_number, (r.sku.as_str(), r.reason.as_str())))
+            .unzip();
+        diesel::sql_query(
+            "INSERT INTO stock_import_errors (import_id, row_number, sku, reason) \
+             SELECT $1, * FROM unnest($2::int8[], $3::text[], $4::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(import_id)
+        .bind::<Array<BigInt>, _>(&numbers)
+        .bind::<Array<Text>, _>(&skus)
+        .bind::<Array<Text>, _>(&reasons)
+        .execute(conn)
+        .await?;
+    }
+
+    let inserted = changed.iter().filter(|c| c.inserted).count();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    diesel::sql_query(
+        "UPDATE stock_imports SET last_row_number = greatest(last_row_number, $2), \
+         rows = rows + $3, inserted = inserted + $4, updated = updated + $5, \
+         unchanged = unchanged + $6, rejected = rejected + $7, updated_at = now() \
+         WHERE import_id = $1",
+    )
+    .bind::<SqlUuid, _>(import_id)
+    .bind::<BigInt, _>(chunk.last_row)
+    .bind::<BigInt, _>(count(chunk.len()))
+    .bind::<BigInt, _>(count(inserted))
+    .bind::<BigInt, _>(count(changed.len() - inserted))
+    .bind::<BigInt, _>(count(chunk.good.len() - changed.len()))
+    .bind::<BigInt, _>(count(chunk.rejected.len()))
+    .execute(conn)
+    .await?;
+
+    if !changed.is_empty() {
+        let products = changed
+            .into_iter()
+            .map(|c| ImportedProduct {
+                product_id: c.product_id,
+                sku: c.sku,
+                name: c.name,
+                currency: c.currency,
+                unit_price_minor: c.unit_price_minor,
+                on_hand: c.on_hand,
+                created: c.inserted,
+            })
+            .collect();
+        orderflow_outbox::append(
+            conn,
+            EVENT_SOURCE,
+            StockImported {
+                import_id,
+                first_row: chunk.first_row,
+                last_row: chunk.last_row,
+                columns: super::event::COLUMNS.map(str::to_owned).to_vec(),
+                products,
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}

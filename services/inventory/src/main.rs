@@ -1,0 +1,49 @@
+//! `inventory serve` runs the gRPC server and the saga's consumer;
+//! `inventory migrate` applies the migrations. Configuration comes from the
+//! environment: see README.md.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use orderflow_config::Env;
+use orderflow_inventory::{MIGRATIONS, app::Application, config};
+
+#[derive(Parser)]
+#[command(name = "inventory", version, about = "orderflow inventory service")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve gRPC and consume the saga's events until SIGTERM or SIGINT.
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    orderflow_grpc::run_binary(
+        "orderflow-inventory",
+        config::from_source(&Env),
+        async |config| match cli.command {
+            Command::Serve => {
+                let app = Application::build(&config).await?;
+                tracing::info!(
+                    grpc.addr = %app.grpc_addr()?,
+                    metrics.addr = %app.metrics_addr()?,
+                    "inventory service listening"
+                );
+                app.run_until(orderflow_grpc::shutdown_signal()).await
+            }
+            Command::Migrate => {
+                let applied =
+                    orderflow_db::run_migrations(&config.service.database_url, MIGRATIONS).await?;
+                tracing::info!(count = applied.len(), applied = ?applied, "migrations applied");
+                Ok(())
+            }
+        },
+    )
+}

@@ -1,0 +1,34 @@
+//! Wiring: what the payment service adds to the process every service runs
+//! (`orderflow_service::Application`): its name, gRPC API and handlers.
+
+use orderflow_consumer::Consumer;
+use orderflow_db::Pool;
+use orderflow_grpc::Router;
+use orderflow_service::Service;
+
+use crate::{
+    api::{PaymentApi, PaymentServiceServer, SERVICE_NAME},
+    handlers::{Charge, RefundOnOrderCancelled},
+};
+
+/// Names the binary, the consumer's queues (`payment.<handler>`) and the
+/// database sessions (`orderflow-payment`).
+pub const CONSUMER_SERVICE: &str = "payment";
+
+pub type Application = orderflow_service::Application<PaymentApp>;
+
+pub struct PaymentApp;
+
+impl Service for PaymentApp {
+    const NAME: &'static str = CONSUMER_SERVICE;
+    const MIGRATIONS: orderflow_db::ServiceMigrations = crate::MIGRATIONS;
+    const GRPC_SERVICES: &'static [&'static str] = &[SERVICE_NAME];
+
+    fn add_api(router: Router, pool: Pool) -> Router {
+        router.add_service(PaymentServiceServer::new(PaymentApi::new(pool)))
+    }
+
+    fn add_handlers(consumer: Consumer) -> Consumer {
+        consumer.with(Charge).with(RefundOnOrderCancelled)
+    }
+}

@@ -1,0 +1,139 @@
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod delivery;
+mod inbox;
+mod metrics;
+mod retry;
+mod runtime;
+mod topology;
+
+use std::{future::Future, sync::Arc};
+
+use diesel_async::AsyncPgConnection;
+use orderflow_events::{CloudEvent, Event};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use config::{ConsumerConfig, FAULT_EXIT_CODE};
+pub use metrics::ConsumerMetrics;
+pub use retry::FailureKind;
+pub use topology::DELIVERY_LIMIT;
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth retrying: the database was unavailable, a serialization
+    /// conflict or deadlock, a timeout. Retried with backoff, then parked
+    /// in the DLQ after the configured number of attempts.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Will never succeed (the event contradicts this service's state in a
+    /// way no retry fixes): parked in the DLQ at once, with this reason.
+    #[error("rejected: {0}")]
+    Reject(String),
+}
+
+impl From<diesel::result::Error> for HandlerError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Transient(err.to_string())
+    }
+}
+
+pub type HandlerResult = Result<(), HandlerError>;
+
+/// Reacts to one event type. Business outcomes (a rejected reservation, a
+/// declined payment) are not errors: they are state changes and events.
+pub trait Handler: Send + Sync + 'static {
+    /// The event this handler consumes; its exchange is
+    /// `orderflow.<Event::producer()>`, its routing key `Event::TYPE`.
+    type Event: Event + Send;
+    /// Stable name: the inbox key and the queue name suffix, e.g.
+    /// `reserve-stock` (queue `inventory.reserve-stock`). Renaming it
+    /// forgets which messages were processed.
+    const NAME: &'static str;
+
+    /// Applies `event` on `conn`, which is inside the transaction that also
+    /// holds the inbox row; append outbox rows on the same `conn`. Must not
+    /// commit or roll back itself.
+    fn handle<'c>(
+        &'c self,
+        conn: &'c mut AsyncPgConnection,
+        event: CloudEvent<Self::Event>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'c;
+}
+
+/// A service's handlers, consumed until shutdown.
+pub struct Consumer {
+    service: &'static str,
+    pool: orderflow_db::Pool,
+    config: ConsumerConfig,
+    routes: Vec<Arc<dyn runtime::Route>>,
+    metrics: ConsumerMetrics,
+    ready: watch::Sender<bool>,
+}
+
+impl Consumer {
+    /// `service` names the queues (`<service>.<handler>`) and the AMQP
+    /// connection (`<service>/consumer`).
+    pub fn new(service: &'static str, pool: orderflow_db::Pool, config: ConsumerConfig) -> Self {
+        Self {
+            service,
+            pool,
+            config,
+            routes: Vec::new(),
+            metrics: ConsumerMetrics::default(),
+            ready: watch::Sender::new(false),
+        }
+    }
+
+    /// Registers a handler (one queue each).
+    #[must_use]
+    pub fn with<H: Handler>(mut self, handler: H) -> Self {
+        self.routes.push(runtime::route(handler));
+        self
+    }
+
+    /// Adds the runtime's counters to `registry`, for the service's /metrics.
+    #[must_use]
+    pub fn register_metrics(self, registry: &mut Registry) -> Self {
+        self.metrics.register(registry);
+        self
+    }
+
+    /// The runtime's counters (shared with the running consumer).
+    pub fn metrics(&self) -> ConsumerMetrics {
+        self.metrics.clone()
+    }
+
+    /// `true` while every handler's queue is declared and consumed: false
+    /// before the first connection and while reconnecting. For readiness
+    /// checks, and for tests that must not publish before the queues exist.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Declares the queues and consumes until `shutdown` completes, then
+    /// stops consuming, lets the messages in flight finish and be acked, and
+    /// closes the connection. Reconnects (and redeclares) with backoff
+    /// whenever the broker goes away.
+    ///
+    /// # Errors
+    /// When the runtime cannot run at all (not for a failing message): an
+    /// invalid configuration, two handlers with one NAME, or a queue that
+    /// exists with other arguments.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        runtime::run(
+            runtime::Setup {
+                service: self.service,
+                pool: self.pool,
+                config: self.config,
+                routes: self.routes,
+                metrics: self.metrics,
+                ready: self.ready,
+            },
+            shutdown,
+        )
+        .await
+    }
+}

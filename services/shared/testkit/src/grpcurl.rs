@@ -1,0 +1,74 @@
+//! grpcurl against a served binary, through server reflection (no proto files).
+
+use serde_json::Value;
+use tokio::process::Command;
+
+/// `GRPCURL`, else `grpcurl` on PATH; `cargo xtask test` installs it.
+pub fn path() -> String {
+    std::env::var("GRPCURL").unwrap_or_else(|_| "grpcurl".to_owned())
+}
+
+/// grpcurl against the server at `addr`; `call` targets `service`.
+pub struct Grpcurl {
+    addr: String,
+    service: String,
+}
+
+/// What one grpcurl run printed, and whether it succeeded.
+pub struct Output {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Grpcurl {
+    pub fn new(addr: impl Into<String>, service: impl Into<String>) -> Self {
+        Self {
+            addr: addr.into(),
+            service: service.into(),
+        }
+    }
+
+    /// `grpcurl -plaintext <flags> <address> <args>`.
+    ///
+    /// # Panics
+    /// When grpcurl cannot be started.
+    pub async fn run(&self, flags: &[&str], args: &[&str]) -> Output {
+        let out = Command::new(path())
+            .arg("-plaintext")
+            .args(flags)
+            .arg(&self.addr)
+            .args(args)
+            .output()
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run grpcurl ({}): {e}; `cargo xtask test` installs it",
+                    path()
+                )
+            });
+        Output {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Calls `method` with a JSON body and returns the JSON response.
+    ///
+    /// # Panics
+    /// When the call fails or the answer is not JSON.
+    pub async fn call(&self, method: &str, body: &Value) -> Value {
+        let out = self.call_raw(method, body).await;
+        assert!(out.ok, "{method} failed: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{method}: {e}: {}", out.stdout))
+    }
+
+    /// Calls `method` with a JSON body, whatever the outcome.
+    pub async fn call_raw(&self, method: &str, body: &Value) -> Output {
+        let body = body.to_string();
+        self.run(&["-d", &body], &[&format!("{}/{method}", self.service)])
+            .await
+    }
+}

@@ -1,0 +1,88 @@
+//! 200 concurrent one-unit orders for 50 units: exactly 50 sold.
+
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+use crate::harness::{System, create_request, line, wait_for};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
+    let system = System::start().await;
+    let product = system.stock_product(50).await;
+    let client = system.order_client().await;
+
+    let mut calls = JoinSet::new();
+    for _ in 0..200 {
+        let mut client = client.clone();
+        calls.spawn(async move {
+            client
+                .create_order(create_request(vec![line(product, 1)], "tok_visa"))
+                .await
+                .map(|r| r.into_inner().order.map(|o| o.id).unwrap_or_default())
+        });
+    }
+    let mut ids = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        let id = done
+            .unwrap()
+            .unwrap_or_else(|e| panic!("CreateOrder failed: {e}"));
+        ids.push(id.parse::<Uuid>().unwrap());
+    }
+    assert_eq!(ids.len(), 200);
+
+    wait_for(
+        "all 200 orders leave PENDING",
+        Duration::from_secs(60),
+        || async {
+            let pending = system
+                .scalar(
+                    "order",
+                    "SELECT count(*) FROM orders WHERE status = 'PENDING' AND id = ANY($1)",
+                    &[&ids],
+                )
+                .await;
+            if pending == 0 {
+                Ok(())
+            } else {
+                Err(format!("{pending} PENDING"))
+            }
+        },
+    )
+    .await;
+    system.wait_idle(Duration::from_secs(60)).await;
+
+    let count = |status: &'static str| {
+        let ids = &ids;
+        let system = &system;
+        async move {
+            system
+                .scalar(
+                    "order",
+                    "SELECT count(*) FROM orders WHERE status = $1 AND id = ANY($2)",
+                    &[&status, ids],
+                )
+                .await
+        }
+    };
+    let (confirmed, cancelled) = (count("CONFIRMED").await, count("CANCELLED").await);
+    assert_eq!(
+        (confirmed, cancelled),
+        (50, 150),
+        "(CONFIRMED, CANCELLED) for 200 orders of 1 unit on 50 units"
+    );
+    assert_eq!(
+        system.stock(product).await,
+        (0, 0),
+        "(on_hand, reserved) once all is sold"
+    );
+    let completed = system
+        .scalar(
+            "payment",
+            "SELECT count(*) FROM payments WHERE status = 'COMPLETED'",
+            &[],
+        )
+        .await;
+    assert_eq!(completed, 50, "one COMPLETED payment per confirmed order");
+}

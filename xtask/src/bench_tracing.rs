@@ -1,0 +1,691 @@
+//! `cargo xtask bench tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N]`
+//!
+//! The cost of tracing: the whole system (four services and the relay,
+//! release builds, databases and a RabbitMQ vhost of their own) runs with
+//! OTLP trace export off, then on (to `loadgen otlp-sink`, a receiver that
+//! counts spans and keeps nothing), alternating, `--rounds` times each, the
+//! order of the pair flipping every round so drift hits both sides alike.
+//! Each run measures:
+//!
+//! - saga latency: `--saga-orders` orders placed one after the other
+//!   through grpcurl (unloaded), each from its CreateOrder commit to its
+//!   confirmation commit (`orders.updated_at - created_at`: both are
+//!   PostgreSQL's transaction start times, so no polling blurs them);
+//! - CreateOrder throughput: the load generator, closed loop, `--clients`
+//!   calls in flight for `--duration` s after a 3 s warm-up, with the relay
+//!   stopped, so the order service's work is the calls (as in `bench
+//!   create-order`);
+//! - saga throughput: the relay starts again and every order just placed
+//!   goes through its saga at once (unknown products: each is rejected by
+//!   inventory and cancelled, four events and seven consumed messages per
+//!   order, all traced), timed until no order is PENDING.
+//!
+//! Every process is restarted between runs (export is read at start). Results replace the
+//! `tracing` section of BENCHMARKS.md.
+
+use std::{
+    fmt::Write as _,
+    fs::OpenOptions,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    bench::{git_commit, loadgen_at, median, prepare, write_section},
+    cmd::{self, poll_until, port_open, tool},
+    infra::{self, MANAGEMENT_URL, PG_HOST, PG_PORT, PG_USER},
+};
+
+const VHOST: &str = "orderflow-bench-tracing";
+const SINK: &str = "127.0.0.1:4391";
+const RELAY_HTTP: &str = "127.0.0.1:8191";
+/// (service, gRPC, metrics)
+const SERVICES: [(&str, &str, &str); 4] = [
+    ("order", "127.0.0.1:50191", "127.0.0.1:9191"),
+    ("inventory", "127.0.0.1:50192", "127.0.0.1:9192"),
+    ("payment", "127.0.0.1:50193", "127.0.0.1:9193"),
+    ("notification", "127.0.0.1:50194", "127.0.0.1:9194"),
+];
+const PRODUCT: &str = "5b1f0c9e-2a7d-4c3b-9e8f-1a2b3c4d5e6f";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    On,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On => "on",
+        }
+    }
+}
+
+/// One run's figures.
+struct Run {
+    mode: Mode,
+    round: usize,
+    rate: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    saga_p50_ms: f64,
+    saga_p99_ms: f64,
+    /// Sagas per second while the load's orders (placed with the relay
+    /// stopped) all go through at once.
+    saga_rate: f64,
+}
+
+fn database(service: &str) -> String {
+    format!("of_bench_trace_{service}")
+}
+
+fn database_url(service: &str) -> String {
+    format!(
+        "postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{}",
+        database(service)
+    )
+}
+
+fn amqp_url() -> String {
+    format!("amqp://guest:guest@{}/{VHOST}", infra::AMQP_ADDR)
+}
+
+pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
+    let (mut rounds, mut duration, mut clients, mut saga_orders) = (3usize, 8u32, 8u32, 60usize);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag {
+            "--rounds" => rounds = value.parse().context("--rounds takes a number")?,
+            "--duration" => duration = value.parse().context("--duration takes whole seconds")?,
+            "--clients" => clients = value.parse().context("--clients takes a number")?,
+            "--saga-orders" => {
+                saga_orders = value.parse().context("--saga-orders takes a number")?
+            }
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    prepare(&[
+        "orderflow-order",
+        "orderflow-inventory",
+        "orderflow-payment",
+        "orderflow-notification",
+        "orderflow-outbox-relay",
+        "orderflow-loadgen",
+    ])?;
+    let grpcurl = infra::ensure_grpcurl()?;
+    let release = cmd::target_dir().join("release");
+    let work = cmd::target_dir().join("bench").join("tracing");
+    std::fs::create_dir_all(&work)?;
+
+    for (service, _, _) in SERVICES {
+        psql(
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database(service)),
+            "postgres",
+        )?;
+        psql(
+            &format!("CREATE DATABASE {}", database(service)),
+            "postgres",
+        )?;
+        cmd::output(
+            Command::new(release.join(service))
+                .arg("migrate")
+                .env("DATABASE_URL", database_url(service)),
+            &format!("migrating {}", database(service)),
+            "see the error above",
+        )?;
+    }
+    vhost("DELETE")?;
+    vhost("PUT")?;
+
+    // The vhost's ~70 quorum queues hold broker file handles: delete them
+    // whatever happens (RabbitMQ's default 1024-handle limit is shared with
+    // every test vhost on the machine).
+    let measured = runs_and_spans(
+        &release,
+        &work,
+        &grpcurl,
+        rounds,
+        clients,
+        duration,
+        saga_orders,
+    );
+    for (service, _, _) in SERVICES {
+        let _ = psql(
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database(service)),
+            "postgres",
+        );
+    }
+    let _ = vhost("DELETE");
+    let (runs, spans) = measured?;
+
+    let report = render(&runs, spans, rounds, duration, clients, saga_orders)?;
+    println!("{report}");
+    write_section(
+        &cmd::workspace_root().join("BENCHMARKS.md"),
+        "tracing",
+        &report,
+    )
+}
+
+/// Every run, alternating, and the spans the sink received.
+fn runs_and_spans(
+    release: &Path,
+    work: &Path,
+    grpcurl: &Path,
+    rounds: usize,
+    clients: u32,
+    duration: u32,
+    saga_orders: usize,
+) -> Result<(Vec<Run>, u64)> {
+    let mut sink = Proc::start(
+        "otlp-sink",
+        Command::new(release.join("loadgen")).args(["otlp-sink", "--listen", SINK]),
+        work,
+    )?;
+    if !poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        port_open(SINK)
+    }) {
+        bail!("the OTLP sink did not listen on {SINK}");
+    }
+    let mut runs = Vec::new();
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Mode::Off, Mode::On]
+        } else {
+            [Mode::On, Mode::Off]
+        };
+        for mode in order {
+            eprintln!(
+                "== round {} of {rounds}, tracing {}",
+                round + 1,
+                mode.name()
+            );
+            let mut system = System::start(release, work, mode, grpcurl)?;
+            let result = measure(
+                &mut system,
+                release,
+                work,
+                grpcurl,
+                clients,
+                duration,
+                saga_orders,
+            );
+            system.stop();
+            let (rate, p50_ms, p99_ms, errors, saga_p50_ms, saga_p99_ms, saga_rate) = result?;
+            eprintln!(
+                "   {rate:.0} CreateOrder/s (p50 {p50_ms:.2} ms, p99 {p99_ms:.2} ms), saga p50 {saga_p50_ms:.1} ms p99 {saga_p99_ms:.1} ms, backlog {saga_rate:.0} sagas/s"
+            );
+            runs.push(Run {
+                mode,
+                round,
+                rate,
+                p50_ms,
+                p99_ms,
+                errors,
+                saga_p50_ms,
+                saga_p99_ms,
+                saga_rate,
+            });
+        }
+    }
+    sink.stop();
+    let spans = std::fs::read_to_string(work.join("otlp-sink.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("spans="))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<u64>().ok())
+        .next_back()
+        .unwrap_or(0);
+    Ok((runs, spans))
+}
+
+type Figures = (f64, f64, f64, u64, f64, f64, f64);
+
+/// Saga latency (unloaded), then CreateOrder throughput; then waits until
+/// every order settled.
+fn measure(
+    system: &mut System,
+    release: &Path,
+    work: &Path,
+    grpcurl: &Path,
+    clients: u32,
+    duration: u32,
+    saga_orders: usize,
+) -> Result<Figures> {
+    let order_addr = SERVICES[0].1;
+    let mut ids = Vec::with_capacity(saga_orders);
+    for _ in 0..saga_orders {
+        let body = format!(
+            r#"{{"request_id":"{}","customer_id":"{}","customer_email":"bench@example.com","lines":[{{"product_id":"{PRODUCT}","quantity":1,"unit_price":{{"amount_minor":100,"currency":"EUR"}}}}]}}"#,
+            new_uuid()?,
+            new_uuid()?
+        );
+        let out = cmd::output(
+            Command::new(grpcurl).args([
+                "-plaintext",
+                "-d",
+                &body,
+                order_addr,
+                "orderflow.order.v1.OrderService/CreateOrder",
+            ]),
+            "CreateOrder through grpcurl",
+            "see the service logs under target/bench/tracing",
+        )?;
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let id = answer["order"]["id"]
+            .as_str()
+            .with_context(|| format!("CreateOrder answered no id: {answer}"))?;
+        ids.push(format!("'{id}'"));
+        // One saga at a time: the next order starts once this one settled.
+        wait_settled(Some(id), Duration::from_secs(30))?;
+    }
+    let latencies: Vec<f64> = query(
+        &format!(
+            "SELECT extract(epoch FROM updated_at - created_at) * 1000 FROM orders \
+             WHERE status = 'CONFIRMED' AND id IN ({})",
+            ids.join(",")
+        ),
+        &database("order"),
+    )?
+    .lines()
+    .filter_map(|l| l.trim().parse().ok())
+    .collect();
+    if latencies.len() != saga_orders {
+        bail!(
+            "{} of {saga_orders} saga orders were confirmed; see target/bench/tracing/*.log",
+            latencies.len()
+        );
+    }
+    let (saga_p50, saga_p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+
+    // CreateOrder alone: the relay stops, so the order service's work is
+    // the calls (as in `bench create-order`), not the saga's.
+    system.stop_relay();
+    let (rate, p50, p99, errors) = loadgen_at(
+        &release.join("loadgen"),
+        work,
+        &format!("http://{order_addr}"),
+        clients,
+        duration,
+    )?;
+    // Then the saga of every order just placed, all at once: the relay
+    // again, until none is PENDING.
+    let placed: f64 = query(
+        "SELECT count(*) FROM orders WHERE status = 'PENDING'",
+        &database("order"),
+    )?
+    .trim()
+    .parse()
+    .context("a count of PENDING orders")?;
+    let started = Instant::now();
+    system.start_relay(release, work)?;
+    wait_settled(None, Duration::from_secs(600))?;
+    let drained = started.elapsed().as_secs_f64();
+    Ok((
+        rate,
+        p50,
+        p99,
+        errors,
+        saga_p50,
+        saga_p99,
+        placed / drained.max(0.001),
+    ))
+}
+
+/// Waits until `order` (or every order) is no longer PENDING.
+fn wait_settled(order: Option<&str>, timeout: Duration) -> Result<()> {
+    let sql = match order {
+        Some(id) => format!("SELECT count(*) FROM orders WHERE id = '{id}' AND status = 'PENDING'"),
+        None => "SELECT count(*) FROM orders WHERE status = 'PENDING'".to_owned(),
+    };
+    let mut last = String::new();
+    let settled = poll_until(timeout, Duration::from_millis(5), || {
+        match query(&sql, &database("order")) {
+            Ok(n) => {
+                last = n.trim().to_owned();
+                last == "0"
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                false
+            }
+        }
+    });
+    if settled {
+        Ok(())
+    } else {
+        bail!("orders still PENDING after {timeout:?} ({last}); see target/bench/tracing/*.log")
+    }
+}
+
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let rank = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[rank.min(v.len() - 1)]
+}
+
+/// What every process of a run gets: the bench vhost, JSON logs at info
+/// (startup is read from them) and, with export on, the sink's address.
+fn env(cmd: &mut Command, mode: Mode) {
+    cmd.env("AMQP_URL", amqp_url())
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "json")
+        .env("NO_COLOR", "1")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
+    if mode == Mode::On {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{SINK}"));
+    }
+}
+
+/// The five processes of one run.
+struct System {
+    procs: Vec<Proc>,
+    relay: Option<Proc>,
+    mode: Mode,
+}
+
+impl System {
+    fn start(release: &Path, work: &Path, mode: Mode, grpcurl: &Path) -> Result<Self> {
+        let mut system = Self {
+            procs: Vec::new(),
+            relay: None,
+            mode,
+        };
+        for (service, grpc, metrics) in SERVICES {
+            let mut cmd = Command::new(release.join(service));
+            cmd.arg("serve")
+                .env("DATABASE_URL", database_url(service))
+                .env("GRPC_LISTEN_ADDR", grpc)
+                .env("METRICS_LISTEN_ADDR", metrics)
+                .env(
+                    "DATABASE_POOL_SIZE",
+                    if service == "order" { "32" } else { "16" },
+                );
+            env(&mut cmd, mode);
+            system.procs.push(Proc::start(service, &mut cmd, work)?);
+        }
+        for (i, (service, grpc, _)) in SERVICES.iter().enumerate() {
+            let log = system.procs[i].log.clone();
+            let ready = poll_until(Duration::from_secs(60), Duration::from_millis(50), || {
+                std::fs::read_to_string(&log).is_ok_and(|text| {
+                    text[system.procs[i].log_offset.min(text.len())..]
+                        .contains(r#""message":"consuming""#)
+                }) && Command::new(grpcurl)
+                    .args(["-plaintext", grpc, "grpc.health.v1.Health/Check"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"SERVING\""))
+            });
+            if !ready {
+                bail!("{service} did not become ready; see {}", log.display());
+            }
+        }
+        system.start_relay(release, work)?;
+        // The product the saga orders buy (kept across runs: an upsert).
+        cmd::output(
+            Command::new(grpcurl).args([
+                "-plaintext",
+                "-d",
+                &format!(
+                    r#"{{"product_id":"{PRODUCT}","sku":"BENCH-1","name":"Bench","unit_price":{{"amount_minor":100,"currency":"EUR"}},"on_hand":1000000}}"#
+                ),
+                SERVICES[1].1,
+                "orderflow.inventory.v1.InventoryService/UpsertProduct",
+            ]),
+            "stocking the bench product",
+            "see target/bench/tracing/inventory.log",
+        )?;
+        Ok(system)
+    }
+
+    /// The relay, with the run's export setting.
+    fn start_relay(&mut self, release: &Path, work: &Path) -> Result<()> {
+        let sources = SERVICES
+            .iter()
+            .map(|(s, _, _)| format!("{s}={}", database_url(s)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut relay = Command::new(release.join("outbox-relay"));
+        relay
+            .arg("serve")
+            .env("RELAY_SOURCES", sources)
+            .env("RELAY_HTTP_ADDR", RELAY_HTTP);
+        env(&mut relay, self.mode);
+        self.relay = Some(Proc::start("outbox-relay", &mut relay, work)?);
+        if !poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            port_open(RELAY_HTTP)
+        }) {
+            bail!("the relay did not listen on {RELAY_HTTP}");
+        }
+        Ok(())
+    }
+
+    fn stop_relay(&mut self) {
+        if let Some(mut relay) = self.relay.take() {
+            relay.stop();
+        }
+    }
+
+    /// SIGTERM to all (the relay first), then waits.
+    fn stop(mut self) {
+        self.stop_relay();
+        while let Some(mut p) = self.procs.pop() {
+            p.stop();
+        }
+    }
+}
+
+struct Proc {
+    child: Child,
+    log: PathBuf,
+    log_offset: usize,
+}
+
+impl Proc {
+    fn start(name: &str, cmd: &mut Command, work: &Path) -> Result<Self> {
+        let log = work.join(format!("{name}.log"));
+        let file = OpenOptions::new().create(true).append(true).open(&log)?;
+        let log_offset = usize::try_from(file.metadata()?.len()).unwrap_or(0);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            child,
+            log,
+            log_offset,
+        })
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let exited = poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn psql(sql: &str, database: &str) -> Result<()> {
+    query(sql, database).map(drop)
+}
+
+fn query(sql: &str, database: &str) -> Result<String> {
+    let out = cmd::output(
+        tool("psql")
+            .args(["-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-w"])
+            .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql, database]),
+        "psql",
+        "is PostgreSQL up? `cargo xtask up` starts it",
+    )?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Creates (PUT, with guest's permissions) or deletes the bench vhost.
+fn vhost(method: &str) -> Result<()> {
+    let mut curl = tool("curl");
+    curl.args(["-sS", "-m", "10", "-u", "guest:guest", "-X", method])
+        .arg(format!("{MANAGEMENT_URL}/api/vhosts/{VHOST}"));
+    cmd::output(
+        &mut curl,
+        &format!("{method} vhost {VHOST}"),
+        "is the management API up?",
+    )?;
+    if method == "PUT" {
+        cmd::output(
+            tool("curl")
+                .args(["-fsS", "-m", "10", "-u", "guest:guest", "-X", "PUT"])
+                .args(["-H", "content-type: application/json"])
+                .args(["-d", r#"{"configure":".*","write":".*","read":".*"}"#])
+                .arg(format!("{MANAGEMENT_URL}/api/permissions/{VHOST}/guest")),
+            "granting guest the bench vhost",
+            "is the management API up?",
+        )?;
+    }
+    Ok(())
+}
+
+fn new_uuid() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .context("cannot read /proc/sys/kernel/random/uuid")?
+        .trim()
+        .to_owned())
+}
+
+fn render(
+    runs: &[Run],
+    spans: u64,
+    rounds: usize,
+    duration: u32,
+    clients: u32,
+    saga_orders: usize,
+) -> Result<String> {
+    let date = cmd::output(
+        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "date",
+        "",
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let mut s = String::new();
+    writeln!(s, "## Cost of tracing: OTLP export on vs off\n")?;
+    writeln!(
+        s,
+        "`cargo xtask bench tracing --rounds {rounds} --duration {duration} --clients {clients} --saga-orders {saga_orders}` on {date}, commit {}, {cores} cores (shared machine). The whole system runs (four services and the relay, release builds, own databases and RabbitMQ vhost), restarted for every run; runs alternate export off and on, the pair's order flipping each round. *On*: `OTEL_EXPORTER_OTLP_ENDPOINT` points at `loadgen otlp-sink` (an OTLP/gRPC receiver on this machine that counts spans and keeps nothing), batch span processor with the SDK defaults. *Off*: no OTEL variable, so no OpenTelemetry layer at all.\n",
+        git_commit()
+    )?;
+    writeln!(
+        s,
+        "Saga latency: {saga_orders} orders one at a time (grpcurl), each from its CreateOrder commit to its confirmation commit (`updated_at - created_at` in the order database: order.placed → reserve → inventory.reserved → charge → payment.completed → confirm, three relay hops). CreateOrder throughput: the load generator, closed loop, {clients} calls in flight, {duration} s after a 3 s warm-up, with the relay stopped (the order service's work is the calls, as in `bench create-order`; the service runs with `DATABASE_POOL_SIZE=32`). Backlog: then the relay starts again and every order just placed goes through its saga at once (unknown products: reserve rejects, the order is cancelled, payment records a tombstone, notification two messages; 7 consumed messages and 4 events per order, every hop traced); sagas/s = orders / time until none is PENDING.\n"
+    )?;
+    writeln!(
+        s,
+        "| round | export | CreateOrder/s | p50 ms | p99 ms | errors | saga p50 ms | saga p99 ms | backlog sagas/s |"
+    )?;
+    writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for r in runs {
+        writeln!(
+            s,
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.0} |",
+            r.round + 1,
+            r.mode.name(),
+            r.rate,
+            r.p50_ms,
+            r.p99_ms,
+            r.errors,
+            r.saga_p50_ms,
+            r.saga_p99_ms,
+            r.saga_rate
+        )?;
+    }
+    let paired = |f: &dyn Fn(&Run) -> f64| -> Vec<f64> {
+        (0..rounds)
+            .filter_map(|round| {
+                let of = |mode| runs.iter().find(|r| r.round == round && r.mode == mode);
+                match (of(Mode::On), of(Mode::Off)) {
+                    (Some(on), Some(off)) if f(off) > 0.0 => Some(f(on) / f(off)),
+                    _ => None,
+                }
+            })
+            .collect()
+    };
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let rate = paired(&|r| r.rate);
+    let p50 = paired(&|r| r.p50_ms);
+    let saga50 = paired(&|r| r.saga_p50_ms);
+    let saga99 = paired(&|r| r.saga_p99_ms);
+    let sagas = paired(&|r| r.saga_rate);
+    writeln!(
+        s,
+        "\nRatios on / off, median of the rounds (each round's in parentheses):\n"
+    )?;
+    writeln!(
+        s,
+        "- CreateOrder throughput: {:.2} ({})",
+        median(rate.clone()),
+        list(&rate)
+    )?;
+    writeln!(
+        s,
+        "- CreateOrder p50 latency: {:.2} ({})",
+        median(p50.clone()),
+        list(&p50)
+    )?;
+    writeln!(
+        s,
+        "- saga latency p50: {:.2} ({})",
+        median(saga50.clone()),
+        list(&saga50)
+    )?;
+    writeln!(
+        s,
+        "- saga latency p99: {:.2} ({})",
+        median(saga99.clone()),
+        list(&saga99)
+    )?;
+    writeln!(
+        s,
+        "- sagas/s through the backlog: {:.2} ({})",
+        median(sagas.clone()),
+        list(&sagas)
+    )?;
+    writeln!(
+        s,
+        "\nThe sink received {spans} spans over the runs with export on."
+    )?;
+    Ok(s)
+}
