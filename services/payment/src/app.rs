@@ -5,6 +5,7 @@ use orderflow_consumer::Consumer;
 use orderflow_db::Pool;
 use orderflow_grpc::Router;
 use orderflow_service::Service;
+use prometheus_client::registry::Registry;
 
 use crate::{
     api::{PaymentApi, PaymentServiceServer, SERVICE_NAME},
@@ -29,6 +30,13 @@ impl Service for PaymentApp {
     }
 
     fn add_handlers(consumer: Consumer) -> Consumer {
-        consumer.with(Charge).with(RefundOnOrderCancelled)
+        consumer
+            .with(Charge::default())
+            .with(RefundOnOrderCancelled)
+    }
+
+    /// The gateway's circuit breaker and calls (`crate::gateway`).
+    fn register_metrics(registry: &mut Registry) {
+        crate::gateway::process().register_metrics(registry);
     }
 }

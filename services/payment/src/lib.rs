@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! * `gateway`: the simulated card gateway, a pure function (README.md).
+//! * `gateway`: the simulated card gateway, deterministic rules (README.md),
+//!   called through a circuit breaker (`breaker`), one per process.
 //! * `handlers`: the saga steps as consumer handlers (`charge`,
 //!   `refund-on-order-cancelled`).
 //! * `api`: the read-only gRPC surface; errors become statuses there.
@@ -18,6 +19,7 @@ use orderflow_db::ServiceMigrations;
 
 pub mod api;
 pub mod app;
+pub mod breaker;
 pub mod config;
 pub mod gateway;
 pub mod handlers;

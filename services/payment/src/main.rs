@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use orderflow_config::Env;
-use orderflow_payment::{MIGRATIONS, app::Application, config};
+use orderflow_payment::{MIGRATIONS, app::Application, config, gateway};
 
 #[derive(Parser)]
 #[command(name = "payment", version, about = "orderflow payment service")]
@@ -27,9 +27,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     orderflow_grpc::run_binary(
         "orderflow-payment",
-        config::from_source(&Env),
-        async |config| match cli.command {
+        config::from_source(&Env).and_then(|c| Ok((c, config::breaker_from_source(&Env)?))),
+        async |(config, breaker)| match cli.command {
             Command::Serve => {
+                // Before `build`, which registers the gateway's metrics.
+                gateway::configure_process(breaker)?;
                 let app = Application::build(&config).await?;
                 tracing::info!(
                     grpc.addr = %app.grpc_addr()?,

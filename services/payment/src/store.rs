@@ -15,7 +15,7 @@ use orderflow_grpc::page_token::Keyset;
 use uuid::Uuid;
 
 use crate::{
-    gateway::{self, Decision},
+    gateway::{self, ChargeError, Decision, Gateway},
     request::{ListQuery, PaymentKey},
 };
 
@@ -204,14 +204,27 @@ async fn payment_of(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult
         .optional()
 }
 
+/// Why a charge step did not complete. Both are worth retrying; the caller
+/// rolls the transaction back, so nothing of the step is written.
+#[derive(Debug, thiserror::Error)]
+pub enum ChargeStepError {
+    #[error(transparent)]
+    Database(#[from] diesel::result::Error),
+    /// The gateway failed or its circuit breaker is open: no decision.
+    #[error(transparent)]
+    Gateway(#[from] ChargeError),
+}
+
 /// inventory.reserved: charge the order once, unless it was cancelled first.
 ///
 /// # Errors
-/// Database errors only: a declined card is [`Outcome::Declined`].
+/// Database errors, and a gateway that took no decision (an outage, or its
+/// breaker open). A declined card is [`Outcome::Declined`], not an error.
 pub async fn charge(
     conn: &mut AsyncPgConnection,
+    gateway: &Gateway,
     reserved: &InventoryReserved,
-) -> QueryResult<Outcome> {
+) -> Result<Outcome, ChargeStepError> {
     let order_id = reserved.order_id;
     lock_order(conn, order_id).await?;
     if payment_of(conn, order_id).await?.is_some() {
@@ -229,11 +242,11 @@ pub async fn charge(
         ));
     }
     let payment_id = Uuid::now_v7();
-    let decision = gateway::authorize(gateway::Charge {
+    let decision = gateway.charge(gateway::Charge {
         payment_id,
         token: &reserved.payment_token,
         amount_minor: reserved.total_minor,
-    });
+    })?;
     let (status, reason, reference) = match &decision {
         Decision::Approved { reference } => (status::COMPLETED, None, Some(reference.as_str())),
         Decision::Declined { reason } => (status::FAILED, Some(reason.as_str()), None),

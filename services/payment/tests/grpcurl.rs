@@ -68,7 +68,7 @@ async fn the_binary_migrates_serves_and_answers_grpcurl() {
     };
     let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();
     let event = CloudEvent::new("orderflow/inventory", reserved);
-    conn.transaction(async |conn| Charge.handle(conn, event).await)
+    conn.transaction(async |conn| Charge::default().handle(conn, event).await)
         .await
         .unwrap();
 

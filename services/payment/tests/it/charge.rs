@@ -104,7 +104,7 @@ async fn concurrent_copies_of_one_reservation_charge_once() {
         let event = CloudEvent::new("orderflow/inventory", event.clone());
         tasks.spawn(async move {
             let mut conn = AsyncPgConnection::establish(&url).await.unwrap();
-            conn.transaction(async |conn| Charge.handle(conn, event).await)
+            conn.transaction(async |conn| Charge::default().handle(conn, event).await)
                 .await
         });
     }

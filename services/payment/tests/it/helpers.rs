@@ -73,9 +73,12 @@ impl TestApp {
     }
 
     pub async fn charge(&self, reserved: InventoryReserved) {
-        self.handle(&Charge, CloudEvent::new("orderflow/inventory", reserved))
-            .await
-            .expect("charge handled");
+        self.handle(
+            &Charge::default(),
+            CloudEvent::new("orderflow/inventory", reserved),
+        )
+        .await
+        .expect("charge handled");
     }
 
     pub async fn cancel(&self, order_id: Uuid, customer_id: Uuid) {

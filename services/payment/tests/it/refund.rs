@@ -97,7 +97,7 @@ async fn racing_charge_and_cancel_never_leave_a_cancelled_order_charged() {
         tasks.spawn(async move {
             let mut conn = AsyncPgConnection::establish(&url_a).await.unwrap();
             let event = CloudEvent::new("orderflow/inventory", event);
-            conn.transaction(async |conn| Charge.handle(conn, event).await)
+            conn.transaction(async |conn| Charge::default().handle(conn, event).await)
                 .await
         });
         tasks.spawn(async move {
