@@ -35,25 +35,7 @@ pub struct SourceConfig {
     pub database_url: String,
 }
 
-/// A secret: never printed, compared in constant time.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
+pub use orderflow_config::Secret;
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -113,16 +95,7 @@ impl RelayConfig {
 
 /// The token, required when the HTTP address is reachable from elsewhere.
 fn admin_token(src: &dyn Source, http_addr: SocketAddr) -> Result<Option<Secret>, ConfigError> {
-    let token = src.get("RELAY_ADMIN_TOKEN").filter(|t| !t.is_empty());
-    match token {
-        Some(t) if t.chars().count() < 16 || t.chars().any(char::is_whitespace) => {
-            Err(ConfigError::Invalid {
-                key: "RELAY_ADMIN_TOKEN",
-                value: "***".to_owned(),
-                reason: "at least 16 characters, no whitespace".to_owned(),
-            })
-        }
-        Some(t) => Ok(Some(Secret::new(t))),
+    match orderflow_config::token_or_none(src, "RELAY_ADMIN_TOKEN")? {
         None if !http_addr.ip().is_loopback() => Err(ConfigError::Invalid {
             key: "RELAY_ADMIN_TOKEN",
             value: String::new(),
@@ -130,7 +103,7 @@ fn admin_token(src: &dyn Source, http_addr: SocketAddr) -> Result<Option<Secret>
                 "required: RELAY_HTTP_ADDR={http_addr} is not a loopback address, and the dashboard must not be open to the network"
             ),
         }),
-        None => Ok(None),
+        token => Ok(token),
     }
 }
 

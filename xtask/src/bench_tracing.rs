@@ -397,6 +397,9 @@ struct System {
     mode: Mode,
 }
 
+/// The benchmark's own services' admin token.
+const BENCH_TOKEN: &str = "orderflow-bench-admin-token";
+
 impl System {
     fn start(release: &Path, work: &Path, mode: Mode, grpcurl: &Path) -> Result<Self> {
         let mut system = Self {
@@ -410,6 +413,9 @@ impl System {
                 .env("DATABASE_URL", database_url(service))
                 .env("GRPC_LISTEN_ADDR", grpc)
                 .env("METRICS_LISTEN_ADDR", metrics)
+                .env("GRPC_ADMIN_TOKEN", BENCH_TOKEN)
+                // The load comes from one address; throughput is measured.
+                .env("GRPC_RATE_LIMIT", "0")
                 .env(
                     "DATABASE_POOL_SIZE",
                     if service == "order" { "32" } else { "16" },
@@ -437,6 +443,8 @@ impl System {
         cmd::output(
             Command::new(grpcurl).args([
                 "-plaintext",
+                "-H",
+                &format!("authorization: Bearer {BENCH_TOKEN}"),
                 "-d",
                 &format!(
                     r#"{{"product_id":"{PRODUCT}","sku":"BENCH-1","name":"Bench","unit_price":{{"amount_minor":100,"currency":"EUR"}},"on_hand":1000000}}"#

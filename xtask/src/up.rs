@@ -243,29 +243,51 @@ fn component_env(c: &Component) -> Vec<(String, String)> {
         }
     }
     if c.binary == "outbox-relay" {
-        match admin_token() {
-            Ok(token) => env.push(("RELAY_ADMIN_TOKEN".to_owned(), token)),
+        match admin_token(&RELAY_TOKEN) {
+            Ok(token) => env.push((RELAY_TOKEN.var.to_owned(), token)),
             Err(e) => eprintln!("xtask: no dashboard token ({e:#}); the dashboard stays off"),
+        }
+    } else if c.grpc_addr.is_some() {
+        match admin_token(&SERVICE_TOKEN) {
+            Ok(token) => env.push((SERVICE_TOKEN.var.to_owned(), token)),
+            Err(e) => eprintln!("xtask: no admin token ({e:#}); admin RPCs stay off"),
         }
     }
     env
 }
 
-/// Where the local dashboard's token is kept (mode 0600, reused by every `up`
-/// so a browser session survives restarts).
-fn admin_token_path() -> PathBuf {
-    run_dir().join("relay-admin-token")
+/// A local secret: from its variable, else from its file under `.run/`
+/// (mode 0600, reused by every `up` so sessions and scripts survive restarts).
+struct LocalToken {
+    var: &'static str,
+    file: &'static str,
 }
 
-/// RELAY_ADMIN_TOKEN from the environment, else the token of
-/// `.run/relay-admin-token`, created with 32 random hex digits if missing.
-fn admin_token() -> Result<String> {
-    if let Ok(t) = std::env::var("RELAY_ADMIN_TOKEN")
+/// The ops dashboard's token.
+const RELAY_TOKEN: LocalToken = LocalToken {
+    var: "RELAY_ADMIN_TOKEN",
+    file: "relay-admin-token",
+};
+
+/// The services' admin RPCs' bearer token (UpsertProduct, AdjustStock, ...).
+const SERVICE_TOKEN: LocalToken = LocalToken {
+    var: "GRPC_ADMIN_TOKEN",
+    file: "admin-token",
+};
+
+fn admin_token_path(token: &LocalToken) -> PathBuf {
+    run_dir().join(token.file)
+}
+
+/// The token's variable, else its file, created with 32 random hex digits
+/// if missing.
+fn admin_token(token: &LocalToken) -> Result<String> {
+    if let Ok(t) = std::env::var(token.var)
         && !t.is_empty()
     {
         return Ok(t);
     }
-    let path = admin_token_path();
+    let path = admin_token_path(token);
     if let Ok(t) = std::fs::read_to_string(&path)
         && t.trim().len() >= 16
     {
@@ -444,19 +466,33 @@ fn smoke_saga(grpcurl: &Path) -> Result<Vec<Smoke>> {
             .and_then(|c| c.grpc_addr)
             .with_context(|| format!("no {name} component with a gRPC address in COMPONENTS"))
     };
-    let call = |addr: &str, method: &str, body: &str| -> Result<Smoke> {
+    let token = admin_token(&SERVICE_TOKEN)?;
+    let admin_header = format!("authorization: Bearer {token}");
+    let shown_header = format!(
+        "-H \"authorization: Bearer $(cat {})\" ",
+        relative(&admin_token_path(&SERVICE_TOKEN))
+    );
+    let call_as = |admin: bool, addr: &str, method: &str, body: &str| -> Result<Smoke> {
+        let mut command = Command::new(grpcurl);
+        command.arg("-plaintext");
+        if admin {
+            command.args(["-H", &admin_header]);
+        }
         let out = cmd::output(
-            Command::new(grpcurl).args(["-plaintext", "-d", body, addr, method]),
+            command.args(["-d", body, addr, method]),
             &format!("the smoke check ({method} through grpcurl)"),
             "See the logs under .run/",
         )?;
+        let header = if admin { shown_header.as_str() } else { "" };
         Ok(Smoke {
-            command: format!("grpcurl -plaintext -d '{body}' {addr} {method}"),
+            command: format!("grpcurl -plaintext {header}-d '{body}' {addr} {method}"),
             response: String::from_utf8_lossy(&out.stdout).trim_end().to_owned(),
         })
     };
+    let call = |addr: &str, method: &str, body: &str| call_as(false, addr, method, body);
     let mut shown = Vec::new();
-    shown.push(call(
+    shown.push(call_as(
+        true,
         addr("inventory")?,
         "orderflow.inventory.v1.InventoryService/UpsertProduct",
         &format!(
@@ -552,7 +588,7 @@ fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &[Smoke], took: Duration) 
     );
     println!(
         "\nOps dashboard: http://127.0.0.1:8080/ (log in with your name and the token: `cat {}`)",
-        relative(&admin_token_path())
+        relative(&admin_token_path(&RELAY_TOKEN))
     );
     println!("  the same on the command line: target/release/outbox-relay --help");
     println!(

@@ -23,6 +23,14 @@ impl Service for InventoryApp {
     const NAME: &'static str = CONSUMER_SERVICE;
     const MIGRATIONS: orderflow_db::ServiceMigrations = crate::MIGRATIONS;
     const GRPC_SERVICES: &'static [&'static str] = &[SERVICE_NAME];
+    /// The catalogue and stock are changed by staff, not by customers.
+    const ADMIN_METHODS: &'static [&'static str] = &[
+        "/orderflow.inventory.v1.InventoryService/UpsertProduct",
+        "/orderflow.inventory.v1.InventoryService/AdjustStock",
+        "/orderflow.inventory.v1.InventoryService/ImportStock",
+        "/orderflow.inventory.v1.InventoryService/GetStockImport",
+        "/orderflow.inventory.v1.InventoryService/ListStockImportErrors",
+    ];
 
     fn add_api(router: Router, pool: Pool) -> Router {
         router.add_service(InventoryServiceServer::new(InventoryApi::new(pool)))

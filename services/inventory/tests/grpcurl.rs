@@ -130,6 +130,26 @@ async fn the_binary_migrates_serves_and_answers_grpcurl() {
         "{}",
         bad.stderr
     );
+    // Admin RPCs need the bearer token; customer RPCs need none.
+    let customer = served.grpcurl(SERVICE).without_token();
+    let refused = customer
+        .call_raw(
+            "AdjustStock",
+            &json!({"product_id": id, "delta": "5", "reason": "delivery"}),
+        )
+        .await;
+    assert!(
+        !refused.ok && refused.stderr.contains("Code: Unauthenticated"),
+        "{}",
+        refused.stderr
+    );
+    let seen = customer
+        .call("GetProduct", &json!({"product_id": id}))
+        .await;
+    assert_eq!(
+        seen["product"]["onHand"], "10",
+        "the refused call changed nothing"
+    );
     let short = grpcurl
         .call_raw(
             "AdjustStock",

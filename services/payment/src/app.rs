@@ -24,6 +24,11 @@ impl Service for PaymentApp {
     const NAME: &'static str = CONSUMER_SERVICE;
     const MIGRATIONS: orderflow_db::ServiceMigrations = crate::MIGRATIONS;
     const GRPC_SERVICES: &'static [&'static str] = &[SERVICE_NAME];
+    /// Payments are read by back-office staff; customers see their order.
+    const ADMIN_METHODS: &'static [&'static str] = &[
+        "/orderflow.payment.v1.PaymentService/GetPayment",
+        "/orderflow.payment.v1.PaymentService/ListPayments",
+    ];
 
     fn add_api(router: Router, pool: Pool) -> Router {
         router.add_service(PaymentServiceServer::new(PaymentApi::new(pool)))

@@ -27,7 +27,12 @@ use orderflow_proto::inventory::v1::{
 };
 use tokio::sync::mpsc;
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
-use tonic::{Code, Status, transport::Endpoint};
+use tonic::{
+    Code, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint},
+};
 use uuid::Uuid;
 
 use crate::file::{Position, RowReader};
@@ -39,6 +44,8 @@ const BOUNDARIES: usize = 4096;
 pub struct Options {
     /// e.g. `http://127.0.0.1:50052`.
     pub addr: String,
+    /// The service's `GRPC_ADMIN_TOKEN` (ImportStock is an admin RPC).
+    pub token: Option<String>,
     pub path: PathBuf,
     /// A new one, or the id of an import to resume.
     pub import_id: Uuid,
@@ -58,6 +65,7 @@ impl Options {
     pub fn new(addr: impl Into<String>, path: impl Into<PathBuf>) -> Self {
         Self {
             addr: addr.into(),
+            token: None,
             path: path.into(),
             import_id: Uuid::new_v4(),
             source: None,
@@ -185,7 +193,33 @@ fn retryable(status: &Status) -> bool {
     )
 }
 
-async fn connect(addr: &str) -> Result<InventoryServiceClient<tonic::transport::Channel>, Status> {
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Client = InventoryServiceClient<InterceptedService<Channel, BearerToken>>;
+
+async fn connect(addr: &str, token: Option<&str>) -> Result<Client, Status> {
+    let token = token
+        .map(|t| {
+            format!("Bearer {t}")
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| {
+                    Status::invalid_argument("the admin token is not a valid header value")
+                })
+        })
+        .transpose()?;
     let endpoint = Endpoint::from_shared(addr.to_owned())
         .map_err(|e| Status::invalid_argument(format!("bad address {addr}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
@@ -194,12 +228,15 @@ async fn connect(addr: &str) -> Result<InventoryServiceClient<tonic::transport::
         .connect()
         .await
         .map_err(|e| Status::unavailable(format!("cannot connect to {addr}: {e}")))?;
-    Ok(InventoryServiceClient::new(channel))
+    Ok(InventoryServiceClient::with_interceptor(
+        channel,
+        BearerToken(token),
+    ))
 }
 
 /// The last committed row, or `None` when the server does not know the import.
 async fn committed(opts: &Options) -> Result<Option<i64>, Status> {
-    let mut client = connect(&opts.addr).await?;
+    let mut client = connect(&opts.addr, opts.token.as_deref()).await?;
     match client
         .get_stock_import(pb::GetStockImportRequest {
             import_id: opts.import_id.to_string(),
@@ -221,7 +258,9 @@ async fn stream_once(
     boundaries: &Boundaries,
     progress: &ProgressBar,
 ) -> Result<pb::ImportStockResponse, Failure> {
-    let mut client = connect(&opts.addr).await.map_err(classify)?;
+    let mut client = connect(&opts.addr, opts.token.as_deref())
+        .await
+        .map_err(classify)?;
     let (tx, rx) = mpsc::channel(opts.channel_messages.max(1));
     let reader = {
         let (path, per_message) = (opts.path.clone(), opts.rows_per_message.clamp(1, 1000));
@@ -353,10 +392,11 @@ fn lock(b: &Boundaries) -> std::sync::MutexGuard<'_, VecDeque<(i64, Position)>> 
 /// The first failed call.
 pub async fn all_errors(
     addr: &str,
+    admin_token: Option<&str>,
     import_id: Uuid,
     mut each: impl FnMut(pb::RowError) -> anyhow::Result<()>,
 ) -> anyhow::Result<u64> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(addr, admin_token).await?;
     let mut token = String::new();
     let mut n = 0;
     loop {

@@ -44,6 +44,9 @@ struct ImportArgs {
     /// The inventory service's gRPC endpoint.
     #[arg(long, env = "INVENTORY_ADDR", default_value = "http://127.0.0.1:50052")]
     addr: String,
+    /// The inventory service's admin token (ImportStock is an admin RPC).
+    #[arg(long, env = "GRPC_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Resume this import (the id an earlier run printed) instead of starting a new one.
     #[arg(long)]
     import_id: Option<Uuid>,
@@ -131,6 +134,7 @@ async fn import_file(args: ImportArgs) -> anyhow::Result<()> {
         .file
         .context("name the CSV file to import (or `generate`); see --help")?;
     let mut opts = import::Options::new(&args.addr, &path);
+    opts.token.clone_from(&args.token);
     if let Some(id) = args.import_id {
         opts.import_id = id;
     }
@@ -188,7 +192,7 @@ async fn import_file(args: ImportArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", errors_path.display()))?,
         );
         writeln!(out, "line,sku,reason")?;
-        let written = import::all_errors(&args.addr, opts.import_id, |e| {
+        let written = import::all_errors(&args.addr, args.token.as_deref(), opts.import_id, |e| {
             writeln!(
                 out,
                 "{},{},{}",

@@ -102,6 +102,7 @@ pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
         .arg("serve")
         .env("DATABASE_URL", &url)
         .env("GRPC_LISTEN_ADDR", ADDR)
+        .env("GRPC_ADMIN_TOKEN", BENCH_TOKEN)
         // Whatever `cargo xtask up` runs keeps the default metrics port.
         .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
@@ -218,6 +219,9 @@ pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
     write_section(&cmd::workspace_root().join("BENCHMARKS.md"), "import", &s)
 }
 
+/// The benchmark's own server's admin token.
+const BENCH_TOKEN: &str = "orderflow-bench-admin-token";
+
 fn import(
     importer: &std::path::Path,
     csv: &std::path::Path,
@@ -225,6 +229,7 @@ fn import(
 ) -> Result<Run> {
     cmd::run(
         Command::new(importer)
+            .env("GRPC_ADMIN_TOKEN", BENCH_TOKEN)
             .args(["--addr", &format!("http://{ADDR}"), "--quiet", "--json"])
             .arg(json)
             .arg(csv),

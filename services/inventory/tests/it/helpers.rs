@@ -9,12 +9,11 @@ use orderflow_proto::inventory::v1::{
     self as pb, inventory_service_client::InventoryServiceClient,
 };
 use orderflow_testkit::{TestDatabase, TestServer};
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// A running inventory API on its own database.
 pub struct TestApp {
-    pub client: InventoryServiceClient<Channel>,
+    pub client: InventoryServiceClient<orderflow_testkit::AdminChannel>,
     pub pool: orderflow_db::Pool,
     server: TestServer,
     // Must be the last field: dropped after the server and its pool.
@@ -38,11 +37,16 @@ impl TestApp {
         // The API alone: these tests drive the handlers themselves.
         let server = TestServer::spawn(app.grpc_addr().unwrap(), |stop| app.serve_grpc_until(stop));
         Self {
-            client: InventoryServiceClient::new(server.channel()),
+            client: InventoryServiceClient::new(orderflow_testkit::admin_channel(server.channel())),
             pool,
             server,
             db,
         }
+    }
+
+    /// A channel without the admin token: a customer's.
+    pub fn channel(&self) -> tonic::transport::Channel {
+        self.server.channel()
     }
 
     /// The server's address as a URL, for clients that dial it themselves.

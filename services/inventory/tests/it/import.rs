@@ -121,11 +121,16 @@ async fn assert_exactly_the_good_rows(app: &TestApp, file: &StockFile) {
 
 async fn error_lines(app: &TestApp, import_id: Uuid) -> BTreeSet<u64> {
     let mut lines = BTreeSet::new();
-    import::all_errors(&app.url(), import_id, |e| {
-        assert!(!e.reason.is_empty(), "{e:?}");
-        assert!(lines.insert(e.row_number as u64), "reported twice: {e:?}");
-        Ok(())
-    })
+    import::all_errors(
+        &app.url(),
+        Some(orderflow_testkit::ADMIN_TOKEN),
+        import_id,
+        |e| {
+            assert!(!e.reason.is_empty(), "{e:?}");
+            assert!(lines.insert(e.row_number as u64), "reported twice: {e:?}");
+            Ok(())
+        },
+    )
     .await
     .unwrap();
     lines
@@ -150,6 +155,7 @@ async fn import_events(app: &TestApp) -> (usize, Vec<String>) {
 
 fn options(app: &TestApp, file: &StockFile) -> import::Options {
     let mut opts = import::Options::new(app.url(), &file.path);
+    opts.token = Some(orderflow_testkit::ADMIN_TOKEN.to_owned());
     opts.backoff = Duration::from_millis(50);
     opts
 }
@@ -196,7 +202,7 @@ async fn an_import_keeps_exactly_the_good_rows_reports_every_bad_line_and_a_reru
     assert_eq!(reported, file.bad.keys().copied().collect::<BTreeSet<_>>());
     // Reasons name the problem.
     let mut reasons = HashMap::new();
-    import::all_errors(&app.url(), id, |e| {
+    import::all_errors(&app.url(), Some(orderflow_testkit::ADMIN_TOKEN), id, |e| {
         reasons.insert(e.row_number as u64, e.reason);
         Ok(())
     })

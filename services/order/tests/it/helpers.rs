@@ -17,10 +17,16 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// With `extra` variables on top of the test defaults.
+    pub async fn spawn_with(extra: &[(&'static str, &'static str)]) -> Self {
         orderflow_telemetry::init_for_tests();
         let db = TestDatabase::new("order", MIGRATIONS).await;
         let mut env = orderflow_testkit::service_env(&db);
         env.insert("DATABASE_POOL_SIZE", "20");
+        env.extend(extra.iter().copied());
         let config = orderflow_order::config::from_source(&env).expect("valid test config");
         let app = Application::build(&config)
             .await
@@ -66,6 +72,11 @@ impl TestApp {
             .into_inner()
             .order
             .expect("order in response"))
+    }
+
+    /// Another channel to the server (health, raw clients).
+    pub fn channel(&self) -> Channel {
+        self.server.channel()
     }
 
     /// Stops the server and waits for it, as SIGTERM would.

@@ -12,12 +12,11 @@ use orderflow_payment::{
 };
 use orderflow_proto::payment::v1::payment_service_client::PaymentServiceClient;
 use orderflow_testkit::{TestDatabase, TestServer};
-use tonic::transport::Channel;
 use uuid::Uuid;
 
 /// The payment service's database, and its API once `serve` was called.
 pub struct TestApp {
-    pub client: Option<PaymentServiceClient<Channel>>,
+    pub client: Option<PaymentServiceClient<orderflow_testkit::AdminChannel>>,
     server: Option<TestServer>,
     // Must be the last field: dropped after the server and its pool.
     pub db: TestDatabase,
@@ -46,12 +45,14 @@ impl TestApp {
         let server = TestServer::spawn(service.grpc_addr().unwrap(), |stop| {
             service.serve_grpc_until(stop)
         });
-        app.client = Some(PaymentServiceClient::new(server.channel()));
+        app.client = Some(PaymentServiceClient::new(orderflow_testkit::admin_channel(
+            server.channel(),
+        )));
         app.server = Some(server);
         app
     }
 
-    pub fn client(&self) -> PaymentServiceClient<Channel> {
+    pub fn client(&self) -> PaymentServiceClient<orderflow_testkit::AdminChannel> {
         self.client.clone().expect("TestApp::serve() was used")
     }
 

@@ -159,6 +159,54 @@ fn parse_duration(value: &str) -> Result<Duration, &'static str> {
     millis.map(Duration::from_millis).ok_or("too large")
 }
 
+/// A secret: never printed (`Debug` shows `***`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// An optional bearer token: unset or empty is `None`; a set one must be at
+/// least 16 characters without whitespace, and its value is never echoed.
+///
+/// # Errors
+/// A token that is too short or has whitespace.
+pub fn token_or_none(src: &dyn Source, key: &'static str) -> Result<Option<Secret>, ConfigError> {
+    match src.get(key).filter(|t| !t.is_empty()) {
+        Some(t) if t.chars().count() < 16 || t.chars().any(char::is_whitespace) => {
+            Err(ConfigError::Invalid {
+                key,
+                value: "***".to_owned(),
+                reason: "at least 16 characters, no whitespace".to_owned(),
+            })
+        }
+        Some(t) => Ok(Some(Secret::new(t))),
+        None => Ok(None),
+    }
+}
+
+/// Requests per second per client, with a burst (a token bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+pub const DEFAULT_RATE_LIMIT: u32 = 100;
+
 /// What every gRPC service reads. See the crate README for the variables.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -170,6 +218,10 @@ pub struct ServiceConfig {
     pub pool_timeout: Duration,
     pub statement_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// `GRPC_ADMIN_TOKEN`: admin RPCs are refused without it.
+    pub admin_token: Option<Secret>,
+    /// `GRPC_RATE_LIMIT` / `GRPC_RATE_BURST`; `None` when set to 0.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// A service's local defaults, from the table in DESIGN.md.
@@ -223,8 +275,21 @@ impl ServiceConfig {
                 DEFAULT_STATEMENT_TIMEOUT,
             )?,
             shutdown_grace: duration_or(src, "SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE)?,
+            admin_token: token_or_none(src, "GRPC_ADMIN_TOKEN")?,
+            rate_limit: rate_limit(src)?,
         })
     }
+}
+
+fn rate_limit(src: &dyn Source) -> Result<Option<RateLimit>, ConfigError> {
+    let per_second = in_range_or(src, "GRPC_RATE_LIMIT", DEFAULT_RATE_LIMIT, 0..=1_000_000)?;
+    let burst = in_range_or(
+        src,
+        "GRPC_RATE_BURST",
+        per_second.saturating_mul(2).max(1),
+        1..=2_000_000,
+    )?;
+    Ok((per_second > 0).then_some(RateLimit { per_second, burst }))
 }
 
 #[cfg(test)]
@@ -286,6 +351,35 @@ mod tests {
                 .starts_with("SHUTDOWN_GRACE_PERIOD=\"soon\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn admin_token_and_rate_limit() {
+        let cfg = ServiceConfig::from_source(&HashMap::<&str, &str>::new(), DEFAULTS).unwrap();
+        assert_eq!(cfg.admin_token, None);
+        assert_eq!(
+            cfg.rate_limit,
+            Some(RateLimit {
+                per_second: 100,
+                burst: 200
+            })
+        );
+        let src = HashMap::from([("GRPC_ADMIN_TOKEN", "short")]);
+        let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "GRPC_ADMIN_TOKEN=\"***\" is not valid: at least 16 characters, no whitespace"
+        );
+        let src = HashMap::from([
+            ("GRPC_ADMIN_TOKEN", "a-long-enough-token"),
+            ("GRPC_RATE_LIMIT", "0"),
+        ]);
+        let cfg = ServiceConfig::from_source(&src, DEFAULTS).unwrap();
+        assert_eq!(cfg.admin_token.unwrap().expose(), "a-long-enough-token");
+        assert_eq!(cfg.rate_limit, None);
+        let src = HashMap::from([("GRPC_RATE_BURST", "0")]);
+        let err = ServiceConfig::from_source(&src, DEFAULTS).unwrap_err();
+        assert!(err.to_string().starts_with("GRPC_RATE_BURST="), "{err}");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+pub mod access;
 pub mod observe;
 pub mod page_token;
 
+pub use access::Access;
 pub use observe::{GrpcMetrics, code_name};
 
 use std::{future::Future, net::SocketAddr, time::Duration};
@@ -17,9 +19,13 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tonic_types::{ErrorDetails, StatusExt as _};
 
 /// What a service adds its gRPC API to: tonic's router behind the layer
-/// that traces and measures every call.
+/// that traces and measures every call, then the one that checks access
+/// (so a refused call is traced and counted too).
 pub type Router = tonic::transport::server::Router<
-    tower::layer::util::Stack<observe::ObserveLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<
+        access::AccessLayer,
+        tower::layer::util::Stack<observe::ObserveLayer, tower::layer::util::Identity>,
+    >,
 >;
 
 /// A bound, not yet serving, gRPC listener. Binding first lets tests use
@@ -50,14 +56,18 @@ impl GrpcServer {
     ///
     /// `names` are the fully-qualified service names reported by the health
     /// service (e.g. `orderflow.order.v1.OrderService`). Every call is
-    /// traced (`grpc.request`) and counted in `metrics`.
+    /// traced (`grpc.request`) and counted in `metrics`; `access` says
+    /// which of the services' methods need the admin token and how fast a
+    /// client may call the others.
     ///
     /// # Errors
-    /// When the reflection service cannot be built or the server fails.
+    /// When the reflection service cannot be built, an admin method is not
+    /// one of `names`' methods, or the server fails.
     pub async fn serve(
         self,
         names: &[&str],
         metrics: GrpcMetrics,
+        access: Access,
         register: impl FnOnce(Router) -> Router,
         shutdown: impl Future<Output = ()>,
     ) -> anyhow::Result<()> {
@@ -77,8 +87,15 @@ impl GrpcServer {
             tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
             tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
         ]);
+        let own_methods = methods
+            .iter()
+            .filter(|(service, _)| names.contains(&service.as_str()))
+            .map(|(service, method)| format!("/{service}/{method}"))
+            .collect();
+        let access = access::AccessLayer::new(access, own_methods)?;
         let router = Server::builder()
             .layer(observe::ObserveLayer::new(metrics, methods))
+            .layer(access)
             .add_service(health_service)
             .add_service(reflection().build_v1().context("reflection v1")?)
             .add_service(reflection().build_v1alpha().context("reflection v1alpha")?);

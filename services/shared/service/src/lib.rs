@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use orderflow_config::{ConfigError, ServiceConfig, ServiceDefaults, Source};
 use orderflow_consumer::{Consumer, ConsumerConfig};
 use orderflow_db::{Pool, PoolConfig, ServiceMigrations};
-use orderflow_grpc::{GrpcMetrics, GrpcServer, Router, Stop};
+use orderflow_grpc::{Access, GrpcMetrics, GrpcServer, Router, Stop};
 use orderflow_telemetry::metrics::MetricsListener;
 use prometheus_client::registry::Registry;
 
@@ -36,6 +36,10 @@ pub trait Service {
     const MIGRATIONS: ServiceMigrations;
     /// Fully-qualified gRPC service names, reported by the health service.
     const GRPC_SERVICES: &'static [&'static str];
+    /// Methods that need `GRPC_ADMIN_TOKEN` (full paths,
+    /// `/orderflow.inventory.v1.InventoryService/UpsertProduct`); the
+    /// service's other methods are customer RPCs, rate limited per client.
+    const ADMIN_METHODS: &'static [&'static str] = &[];
 
     /// Adds the service's gRPC API, on `pool`, to `router`.
     fn add_api(router: Router, pool: Pool) -> Router;
@@ -54,6 +58,7 @@ pub struct Application<S> {
     server: GrpcServer,
     metrics_listener: MetricsListener,
     pool: Pool,
+    access: Access,
     consumer: ConsumerConfig,
     /// `/metrics`: every series of the process. The consumer's are added
     /// when it is built, in `run_until`.
@@ -101,6 +106,11 @@ impl<S: Service> Application<S> {
             server,
             metrics_listener,
             pool,
+            access: Access {
+                admin_token: service.admin_token.clone(),
+                admin_methods: S::ADMIN_METHODS,
+                rate_limit: service.rate_limit,
+            },
             consumer: config.consumer.clone(),
             registry,
             grpc_metrics,
@@ -144,6 +154,7 @@ impl<S: Service> Application<S> {
             server,
             metrics_listener,
             pool,
+            access,
             consumer,
             mut registry,
             grpc_metrics,
@@ -155,7 +166,7 @@ impl<S: Service> Application<S> {
         let result = orderflow_grpc::run_together(
             shutdown,
             ("gRPC server", |stop: Stop| {
-                serve::<S>(server, pool, grpc_metrics, stop.wait())
+                serve::<S>(server, pool, grpc_metrics, access, stop.wait())
             }),
             ("consumer", |stop: Stop| consumer.run(stop.wait())),
         )
@@ -171,7 +182,14 @@ impl<S: Service> Application<S> {
     /// When the server fails.
     pub async fn serve_grpc_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let metrics = serve_metrics(self.metrics_listener, self.registry);
-        let result = serve::<S>(self.server, self.pool, self.grpc_metrics, shutdown).await;
+        let result = serve::<S>(
+            self.server,
+            self.pool,
+            self.grpc_metrics,
+            self.access,
+            shutdown,
+        )
+        .await;
         metrics.stop().await;
         result
     }
@@ -181,12 +199,14 @@ async fn serve<S: Service>(
     server: GrpcServer,
     pool: Pool,
     metrics: GrpcMetrics,
+    access: Access,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     server
         .serve(
             S::GRPC_SERVICES,
             metrics,
+            access,
             |router| S::add_api(router, pool),
             shutdown,
         )

@@ -12,6 +12,8 @@ pub fn path() -> String {
 pub struct Grpcurl {
     addr: String,
     service: String,
+    /// Sends [`crate::ADMIN_TOKEN`] (the default), so admin RPCs pass.
+    admin: bool,
 }
 
 /// What one grpcurl run printed, and whether it succeeded.
@@ -26,7 +28,14 @@ impl Grpcurl {
         Self {
             addr: addr.into(),
             service: service.into(),
+            admin: true,
         }
+    }
+
+    /// The same grpcurl without the admin token: a customer.
+    pub fn without_token(mut self) -> Self {
+        self.admin = false;
+        self
     }
 
     /// `grpcurl -plaintext <flags> <address> <args>`.
@@ -34,8 +43,12 @@ impl Grpcurl {
     /// # Panics
     /// When grpcurl cannot be started.
     pub async fn run(&self, flags: &[&str], args: &[&str]) -> Output {
-        let out = Command::new(path())
-            .arg("-plaintext")
+        let mut command = Command::new(path());
+        command.arg("-plaintext");
+        if self.admin {
+            command.args(["-H", &crate::admin_header()]);
+        }
+        let out = command
             .args(flags)
             .arg(&self.addr)
             .args(args)

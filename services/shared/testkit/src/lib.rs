@@ -7,7 +7,10 @@ mod server;
 
 pub use broker::TestBroker;
 pub use process::{ServedBinary, ServiceBinary, spawn_until_logged};
-pub use server::{Shutdown, TestServer, service_env};
+pub use server::{
+    ADMIN_TOKEN, AdminChannel, Shutdown, TestServer, admin_channel, admin_header, as_admin,
+    service_env,
+};
 
 use std::{
     future::Future,

@@ -91,7 +91,9 @@ impl ServiceBinary {
             .env("AMQP_URL", broker.url())
             .env("GRPC_LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
-            .env("SHUTDOWN_GRACE_PERIOD", "5s");
+            .env("SHUTDOWN_GRACE_PERIOD", "5s")
+            .env("GRPC_ADMIN_TOKEN", crate::ADMIN_TOKEN)
+            .env("GRPC_RATE_LIMIT", "0");
         let (child, addr) = spawn_until_logged(&mut cmd, "grpc.addr").await;
         ServedBinary { child, addr }
     }

@@ -390,6 +390,12 @@ impl System {
             // per test 4 services x 4, the relay's 4 x 4, and the test's 4.
             ("DATABASE_POOL_SIZE", "4".to_owned()),
             ("SHUTDOWN_GRACE_PERIOD", "5s".to_owned()),
+            (
+                "GRPC_ADMIN_TOKEN",
+                orderflow_testkit::ADMIN_TOKEN.to_owned(),
+            ),
+            // The test drives every order from one address.
+            ("GRPC_RATE_LIMIT", "0".to_owned()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -574,7 +580,8 @@ impl System {
             other => panic!("no service {other}"),
         };
         let out = Command::new(&grpcurl)
-            .args(["-plaintext", "-d", &body.to_string(), self.addr(service)])
+            .args(["-plaintext", "-H", &orderflow_testkit::admin_header()])
+            .args(["-d", &body.to_string(), self.addr(service)])
             .arg(format!("{api}/{method}"))
             .output()
             .await
