@@ -216,7 +216,12 @@ pub fn decode_page_token(token: &str) -> Option<String> {
         .collect::<Option<Vec<u8>>>()?;
     let plain = String::from_utf8(bytes).ok()?;
     let sku = plain.strip_prefix(TOKEN_PREFIX)?;
-    (!sku.is_empty() && sku.chars().count() <= MAX_SKU_LEN).then(|| sku.to_owned())
+    // A SKU never has spaces or control characters; a forged one with a NUL
+    // would reach PostgreSQL, whose text cannot hold it (an error, not a page).
+    (!sku.is_empty()
+        && sku.chars().count() <= MAX_SKU_LEN
+        && !sku.chars().any(|c| c.is_whitespace() || c.is_control()))
+    .then(|| sku.to_owned())
 }
 
 /// Free text for people: 1 to `max` characters, not blank, no control characters.
@@ -349,7 +354,15 @@ mod tests {
                 Some(sku)
             );
         }
-        for junk in ["", "zz", "abc", &"00".repeat(400), "76313a", "é"] {
+        for junk in [
+            "",
+            "zz",
+            "abc",
+            &"00".repeat(400),
+            "76313a",
+            "é",
+            "76313a00",
+        ] {
             assert_eq!(decode_page_token(junk), None, "{junk}");
         }
         let q = list_query(&pb::ListProductsRequest {

@@ -12,6 +12,8 @@ use uuid::Uuid;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i32 = 500;
+/// 9999-12-31T23:59:59.999999Z: the latest time a page token may hold.
+const MAX_TOKEN_MICROS: i64 = 253_402_300_799_999_999;
 
 /// A validated ListNotifications request: at least one filter is set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +65,12 @@ pub fn list_query(req: &pb::ListNotificationsRequest) -> Result<ListQuery, Statu
     };
     if filters_valid && !req.page_token.is_empty() {
         match page_token::decode(&req.page_token, &query.filter()) {
-            Ok(after) => query.after = Some(after),
+            // Issued tokens hold a time of this era; a forged one before
+            // 1970 or past 9999 would reach PostgreSQL out of its range.
+            Ok(after) if (0..=MAX_TOKEN_MICROS).contains(&after.at_micros) => {
+                query.after = Some(after);
+            }
+            Ok(_) => v.add("page_token", "is not a token returned by ListNotifications"),
             Err(TokenError::OtherFilter) => v.add(
                 "page_token",
                 "was issued for different customer_id/order_id filters",

@@ -16,6 +16,8 @@ pub const MAX_REASON_LEN: usize = 500;
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
 pub const MAX_TOKEN_LEN: usize = 64;
+/// Lines with violations listed in one INVALID_ARGUMENT; the rest are not checked.
+pub const MAX_BAD_LINES_REPORTED: usize = 5;
 /// The simulated gateway's card that is always approved.
 pub const DEFAULT_PAYMENT_TOKEN: &str = "tok_visa";
 
@@ -105,7 +107,19 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
             format!("at most {MAX_LINES} lines, got {}", req.lines.len()),
         );
     } else {
+        let mut bad_lines = 0;
         for (i, line) in req.lines.iter().enumerate() {
+            if bad_lines == MAX_BAD_LINES_REPORTED {
+                // Every line's violations would make a status too large for
+                // clients to read (hyper's client takes 16 KiB of trailers).
+                v.add(
+                    "lines",
+                    format!("only the first {MAX_BAD_LINES_REPORTED} bad lines are listed"),
+                );
+                total = None;
+                break;
+            }
+            let mut bad = false;
             let field = |name: &str| format!("lines[{i}].{name}");
             let product_id = uuid_field(&mut v, &field("product_id"), &line.product_id);
             if product_id.is_some()
@@ -113,12 +127,14 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
                     .iter()
                     .position(|l| l.product_id == line.product_id)
             {
+                bad = true;
                 v.add(
                     field("product_id"),
                     format!("product already ordered in lines[{first}]; merge the quantities"),
                 );
             }
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+                bad = true;
                 v.add(
                     field("quantity"),
                     format!(
@@ -129,20 +145,24 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
             }
             let price = match &line.unit_price {
                 None => {
+                    bad = true;
                     v.add(field("unit_price"), "is required");
                     None
                 }
                 Some(money) => {
                     if money.amount_minor < 0 {
+                        bad = true;
                         v.add(field("unit_price.amount_minor"), "must not be negative");
                     }
                     if !currency::is_known(&money.currency) {
+                        bad = true;
                         v.add(
                             field("unit_price.currency"),
                             "must be an ISO 4217 code in use, e.g. EUR",
                         );
                     } else if let Some(c) = &currency {
                         if c != &money.currency {
+                            bad = true;
                             v.add(
                                 field("unit_price.currency"),
                                 format!("every line must be in {c}"),
@@ -160,6 +180,9 @@ pub fn new_order(req: pb::CreateOrderRequest) -> Result<NewOrder, Status> {
                     .and_then(|l| t.checked_add(l)),
                 _ => None,
             };
+            if bad || product_id.is_none() {
+                bad_lines += 1;
+            }
             if let (Some(product_id), Some(unit_price_minor)) = (product_id, price) {
                 lines.push(NewLine {
                     product_id,
@@ -395,6 +418,29 @@ mod tests {
             .map(|_| line(&Uuid::new_v4().to_string(), 1, 1, "EUR"))
             .collect();
         assert_eq!(fields(&new_order(req).unwrap_err()), ["lines"]);
+    }
+
+    #[test]
+    fn the_worst_request_gets_a_status_a_client_can_read() {
+        let req = pb::CreateOrderRequest {
+            request_id: "x".into(),
+            customer_id: "x".into(),
+            customer_email: "x".into(),
+            lines: (0..MAX_LINES).map(|_| line("x", 0, -1, "x")).collect(),
+            payment_token: "x y".into(),
+            customer_phone: "x".into(),
+        };
+        let status = new_order(req).unwrap_err();
+        assert_eq!(fields(&status).len(), 5 + 4 * MAX_BAD_LINES_REPORTED + 1);
+        // The trailers as sent, counted as HTTP/2 does (name, value, 32 per
+        // field), must fit hyper's client limit (16 KiB), even grpc-java's (8 KiB).
+        let trailers = status.into_http::<()>();
+        let size: usize = trailers
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 32)
+            .sum();
+        assert!(size < 8 * 1024, "{size} bytes of trailers");
     }
 
     #[test]

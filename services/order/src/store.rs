@@ -258,6 +258,9 @@ pub async fn get_order(pool: &Pool, id: Uuid) -> Result<Order, OrderError> {
     with_lines(&mut conn, row).await
 }
 
+/// 9999-12-31T23:59:59.999999Z: the latest time a page token may hold.
+const MAX_CURSOR_MICROS: i64 = 253_402_300_799_999_999;
+
 /// Where the previous page ended: ListOrders pages by keyset
 /// (`created_at`, `id`) descending, so a page costs the same however deep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,7 +296,13 @@ impl Cursor {
         if parts.next()? != "v1" {
             return None;
         }
-        let created_at_micros = parts.next()?.parse().ok()?;
+        let created_at_micros: i64 = parts.next()?.parse().ok()?;
+        // Issued tokens hold a `now()` of this era; a forged time before 1970
+        // or past 9999 would reach PostgreSQL out of its range (an error, not
+        // an empty page).
+        if !(0..=MAX_CURSOR_MICROS).contains(&created_at_micros) {
+            return None;
+        }
         let id = Uuid::try_parse(parts.next()?).ok()?;
         let filter = match parts.next()? {
             "-" => None,

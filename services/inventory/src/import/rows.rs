@@ -20,6 +20,9 @@ pub const MAX_ROWS_PER_MESSAGE: usize = 1000;
 /// the UUIDv5 that products are marked with.
 pub const SOURCE_NAMESPACE: Uuid = Uuid::from_u128(0x6f72_6465_7266_6c6f_7769_6d70_6f72_7401);
 
+/// Bad row numbers listed in one INVALID_ARGUMENT.
+pub const MAX_BAD_ROWS_REPORTED: usize = 20;
+
 /// The longest `source` accepted.
 pub const MAX_SOURCE_LEN: usize = 256;
 
@@ -315,7 +318,19 @@ pub fn check_message(
         );
     }
     let mut previous = previous_row;
+    let mut bad_rows = 0;
     for (i, row) in msg.rows.iter().enumerate() {
+        let bad = row.row_number < 1 || row.row_number <= previous;
+        if bad && bad_rows == MAX_BAD_ROWS_REPORTED {
+            // Every row's violation would make a status too large for
+            // clients to read (hyper's client takes 16 KiB of trailers).
+            v.add(
+                "rows",
+                format!("only the first {MAX_BAD_ROWS_REPORTED} bad row numbers are listed"),
+            );
+            break;
+        }
+        bad_rows += usize::from(bad);
         if row.row_number < 1 {
             v.add(format!("rows[{i}].row_number"), "must be 1 or more");
         } else if row.row_number <= previous {

@@ -9,6 +9,7 @@ mod helpers;
 
 mod adjust;
 mod commit;
+mod hostile;
 mod import;
 mod list;
 mod release;

@@ -9,3 +9,4 @@ mod helpers;
 
 mod api;
 mod handlers;
+mod hostile;

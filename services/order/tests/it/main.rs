@@ -8,4 +8,5 @@ mod helpers;
 mod atomicity;
 mod cancel;
 mod create;
+mod hostile;
 mod list;
