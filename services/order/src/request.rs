@@ -431,7 +431,9 @@ mod tests {
             customer_phone: "x".into(),
         };
         let status = new_order(req).unwrap_err();
-        assert_eq!(fields(&status).len(), 5 + 4 * MAX_BAD_LINES_REPORTED + 1);
+        // 26 violations, of which the shared cap lists 20 and counts the rest.
+        assert_eq!(5 + 4 * MAX_BAD_LINES_REPORTED + 1, 26);
+        assert_eq!(fields(&status).len(), orderflow_grpc::MAX_VIOLATIONS + 1);
         // The trailers as sent, counted as HTTP/2 does (name, value, 32 per
         // field), must fit hyper's client limit (16 KiB), even grpc-java's (8 KiB).
         let trailers = status.into_http::<()>();

@@ -7,6 +7,7 @@
 
 mod helpers;
 
+mod access;
 mod adjust;
 mod commit;
 mod hostile;

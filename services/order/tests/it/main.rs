@@ -5,8 +5,10 @@
 
 mod helpers;
 
+mod access;
 mod atomicity;
 mod cancel;
 mod create;
 mod hostile;
 mod list;
+mod timeouts;

@@ -334,19 +334,39 @@ impl Violations {
     }
 
     /// # Errors
-    /// INVALID_ARGUMENT listing every violation, when there is one.
+    /// INVALID_ARGUMENT listing the violations, when there is one: at most
+    /// [`MAX_VIOLATIONS`], each description cut to [`MAX_DESCRIPTION`]
+    /// bytes, so the status fits any client's header limit (grpc-java's
+    /// default is 8 KiB of metadata) whatever the request held.
     pub fn into_result(self) -> Result<(), Status> {
         if self.0.is_empty() {
             return Ok(());
         }
-        let message = self
+        let total = self.0.len();
+        let mut shown: Vec<(String, String)> = self
             .0
+            .into_iter()
+            .take(MAX_VIOLATIONS)
+            .map(|(f, d)| (cut(f), cut(d)))
+            .collect();
+        if total > MAX_VIOLATIONS {
+            shown.push((
+                "request".to_owned(),
+                format!("{} more violation(s) not listed", total - MAX_VIOLATIONS),
+            ));
+        }
+        // The message names the first few; the details carry them all.
+        let mut message = shown
             .iter()
+            .take(MESSAGE_VIOLATIONS)
             .map(|(f, d)| format!("{f}: {d}"))
             .collect::<Vec<_>>()
             .join("; ");
+        if total > MESSAGE_VIOLATIONS {
+            message.push_str(&format!(" ({total} violations in all; see BadRequest)"));
+        }
         let mut details = ErrorDetails::new();
-        for (field, description) in self.0 {
+        for (field, description) in shown {
             details.add_bad_request_violation(field, description);
         }
         Err(Status::with_error_details(
@@ -355,6 +375,25 @@ impl Violations {
             details,
         ))
     }
+}
+
+/// Violations listed in one INVALID_ARGUMENT at most.
+pub const MAX_VIOLATIONS: usize = 20;
+/// Violations named in the status message.
+const MESSAGE_VIOLATIONS: usize = 3;
+/// Bytes of a field name or description kept in a violation.
+pub const MAX_DESCRIPTION: usize = 120;
+
+fn cut(mut text: String) -> String {
+    if text.len() > MAX_DESCRIPTION {
+        let mut end = MAX_DESCRIPTION;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// FAILED_PRECONDITION with a `google.rpc.PreconditionFailure` detail.
@@ -406,5 +445,24 @@ mod tests {
             .map(|f| f.field.as_str())
             .collect();
         assert_eq!(fields, ["lines", "customer_id"]);
+    }
+
+    #[test]
+    fn a_flood_of_violations_stays_small() {
+        let mut v = Violations::new();
+        for i in 0..1000 {
+            v.add(format!("lines[{i}].product_id"), "é".repeat(500));
+        }
+        let status = v.into_result().unwrap_err();
+        let bad = status.get_details_bad_request().unwrap();
+        assert_eq!(bad.field_violations.len(), MAX_VIOLATIONS + 1);
+        assert_eq!(
+            bad.field_violations[MAX_VIOLATIONS].description,
+            "980 more violation(s) not listed"
+        );
+        // Message (percent-encoded: at worst 3 bytes a byte) and details
+        // (base64) travel as headers: under 8 KiB together.
+        let size = status.message().len() * 3 + status.details().len() * 4 / 3;
+        assert!(size < 8 * 1024, "{size} bytes");
     }
 }
