@@ -145,13 +145,24 @@ async fn chaos_leaves_every_order_settled_and_every_effect_applied_once() {
                 format!("{svc} SIGKILLed and restarted")
             }
             Fault::DropConnections => {
-                // The clients reconnect by themselves (the relay's publishers
-                // when they next have something to send): the final checks,
-                // everything published and applied, prove they did.
-                format!(
-                    "{} AMQP connections closed",
-                    system.drop_amqp_connections().len()
+                // The clients reconnect by themselves (the consumers at once,
+                // the relay's publishers when they next have something to
+                // send): the final checks, everything published and applied,
+                // prove they did. A drop right after another may find none
+                // open yet (the management API also lists them a few seconds
+                // late), so it waits until it has closed some.
+                let closed = wait_for(
+                    "AMQP connections to close",
+                    Duration::from_secs(60),
+                    || async {
+                        match system.drop_amqp_connections().len() {
+                            0 => Err("none open yet".to_owned()),
+                            n => Ok(n),
+                        }
+                    },
                 )
+                .await;
+                format!("{closed} AMQP connections closed")
             }
             Fault::TerminateBackend(svc) => {
                 let done = system.terminate_backend(svc).await;
