@@ -2,9 +2,10 @@
 //!
 //! Two halves run side by side on the call's task: the reader decodes and
 //! validates messages into a chunk of at most [`CHUNK_ROWS`] rows, the
-//! writer commits chunks one by one (`store::write_chunk`). A channel of one
-//! chunk joins them, so the reader prepares the next chunk while the writer
-//! commits, and at most three chunks are in memory whatever the file's
+//! writer commits chunks two at a time in row order (`write`,
+//! `store::write_chunk`). A channel of one chunk joins them, so the reader
+//! prepares the next chunk while the writer commits, and at most four
+//! chunks are in memory whatever the file's
 //! size: when the writer falls behind, the reader stops reading and HTTP/2
 //! flow control pushes back on the client.
 
@@ -16,9 +17,19 @@ use std::time::Duration;
 
 use orderflow_db::Pool;
 use orderflow_proto::inventory::v1 as pb;
-use tokio::{sync::mpsc, time::Instant};
+use std::{
+    collections::{HashSet, VecDeque},
+    sync::Arc,
+};
+
+use tokio::{
+    sync::{mpsc, oneshot, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::Status;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::store::InventoryError;
@@ -28,6 +39,8 @@ use store::{ImportRecord, RowErrorRecord};
 /// Rows per transaction. Measured on the 2M-row benchmark: fewer means more
 /// commits, more means larger events and longer row locks (see README).
 pub const CHUNK_ROWS: usize = 5_000;
+/// Chunks whose transactions overlap (see [`write`]).
+pub const IN_FLIGHT: usize = 2;
 /// A chunk that started filling this long ago is committed even if not
 /// full, so a slow client loses little when its stream drops.
 pub const MAX_CHUNK_AGE: Duration = Duration::from_secs(1);
@@ -152,15 +165,83 @@ async fn send(tx: &mpsc::Sender<Chunk>, chunk: &mut Chunk) -> bool {
     tx.send(full).await.is_ok()
 }
 
+/// Commits the chunks in order, [`IN_FLIGHT`] at a time, each in its own
+/// task on its own connection: while one chunk's transaction waits for its
+/// turn to commit, the next one's upsert runs, so the database works on
+/// two cores instead of one. [`store::Order`] keeps the commits in row
+/// order. Returns the first chunk's error (later chunks then fail too,
+/// without committing).
 async fn write(
     pool: &Pool,
     import_id: Uuid,
     mut rx: mpsc::Receiver<Chunk>,
 ) -> Result<(), InventoryError> {
+    // Random and non-zero: the stream's advisory lock keys.
+    let stream = match Uuid::new_v4().as_u128() as i32 {
+        0 => 1,
+        n => n,
+    };
+    let mut seq = 0i32;
+    let mut after_row = 0i64;
+    let mut previous: Option<watch::Receiver<Option<bool>>> = None;
+    let mut previous_skus: Option<Arc<HashSet<String>>> = None;
+    let mut in_flight: VecDeque<JoinHandle<Result<(), InventoryError>>> = VecDeque::new();
+    let mut first_error = None;
     while let Some(chunk) = rx.recv().await {
-        store::write_chunk(pool, import_id, chunk).await?;
+        if in_flight.len() >= IN_FLIGHT
+            && let Some(oldest) = in_flight.pop_front()
+            && let Err(e) = joined(oldest.await)
+        {
+            first_error = Some(e);
+            break;
+        }
+        let skus = Arc::new(chunk.good.sku.iter().cloned().collect::<HashSet<_>>());
+        let (token_tx, token_rx) = oneshot::channel();
+        let (done_tx, done_rx) = watch::channel(None);
+        let order = store::Order {
+            stream,
+            seq,
+            after_row,
+            token: Some(token_tx),
+            previous: previous.replace(done_rx),
+            previous_skus: previous_skus.replace(skus),
+        };
+        after_row = chunk.last_row;
+        seq = seq.wrapping_add(1);
+        let pool = pool.clone();
+        in_flight.push_back(tokio::spawn(
+            async move {
+                let result = store::write_chunk(&pool, import_id, chunk, order).await;
+                let _ = done_tx.send(Some(result.is_ok()));
+                result
+            }
+            .in_current_span(),
+        ));
+        // The next chunk starts once this one holds its token (or is done),
+        // so that it waits for this one before committing.
+        let _ = token_rx.await;
     }
-    Ok(())
+    // Stop reading on the first error; the chunks in flight end on their
+    // own (after a failed one, none commits).
+    drop(rx);
+    for task in in_flight {
+        if let Err(e) = joined(task.await)
+            && first_error.is_none()
+        {
+            first_error = Some(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn joined(
+    result: Result<Result<(), InventoryError>, tokio::task::JoinError>,
+) -> Result<(), InventoryError> {
+    result.unwrap_or_else(|e| {
+        Err(InventoryError::Unavailable(format!(
+            "an import chunk's task failed: {e}"
+        )))
+    })
 }
 
 const TOKEN_PREFIX: &str = "e1:";

@@ -80,23 +80,40 @@ impl GoodRows {
         keep_only(&mut self.on_hand, &keep);
     }
 
-    /// The rows reordered by SKU: concurrent imports lock products in the
-    /// same order (no deadlock between them), and a file sorted by SKU
-    /// appends to the SKU index.
-    pub fn sorted_by_sku(&self) -> Self {
-        let mut order: Vec<usize> = (0..self.len()).collect();
-        order.sort_unstable_by(|&a, &b| self.sku[a].cmp(&self.sku[b]));
-        let pick = |v: &Vec<String>| order.iter().map(|&i| v[i].clone()).collect();
+    /// A copy of the rows at `indices`, in that order.
+    pub fn subset(&self, indices: &[usize]) -> Self {
+        let pick = |v: &Vec<String>| indices.iter().map(|&i| v[i].clone()).collect();
         Self {
-            row_number: order.iter().map(|&i| self.row_number[i]).collect(),
-            product_id: order.iter().map(|&i| self.product_id[i]).collect(),
+            row_number: indices.iter().map(|&i| self.row_number[i]).collect(),
+            product_id: indices.iter().map(|&i| self.product_id[i]).collect(),
             sku: pick(&self.sku),
             name: pick(&self.name),
             currency: pick(&self.currency),
-            unit_price_minor: order.iter().map(|&i| self.unit_price_minor[i]).collect(),
-            on_hand: order.iter().map(|&i| self.on_hand[i]).collect(),
+            unit_price_minor: indices.iter().map(|&i| self.unit_price_minor[i]).collect(),
+            on_hand: indices.iter().map(|&i| self.on_hand[i]).collect(),
         }
     }
+
+    /// Reorders the rows by SKU: concurrent imports lock products in the
+    /// same order (no deadlock between them), and a file sorted by SKU
+    /// appends to the SKU index. In place: no row is copied.
+    pub fn sort_by_sku(&mut self) {
+        let mut order: Vec<usize> = (0..self.len()).collect();
+        order.sort_unstable_by(|&a, &b| self.sku[a].cmp(&self.sku[b]));
+        permute(&mut self.row_number, &order);
+        permute(&mut self.product_id, &order);
+        permute(&mut self.sku, &order);
+        permute(&mut self.name, &order);
+        permute(&mut self.currency, &order);
+        permute(&mut self.unit_price_minor, &order);
+        permute(&mut self.on_hand, &order);
+    }
+}
+
+/// `v[i]` becomes the old `v[order[i]]`.
+fn permute<T: Default>(v: &mut Vec<T>, order: &[usize]) {
+    let mut old: Vec<T> = std::mem::take(v);
+    *v = order.iter().map(|&i| std::mem::take(&mut old[i])).collect();
 }
 
 fn keep_only<T>(v: &mut Vec<T>, keep: &[bool]) {
@@ -406,14 +423,15 @@ mod tests {
         for (i, sku) in ["D", "A", "C", "B"].into_iter().enumerate() {
             chunk.push(row(i as i64 + 1, sku, 1, 1));
         }
-        let sorted = chunk.good.sorted_by_sku();
-        assert_eq!(sorted.sku, ["A", "B", "C", "D"]);
-        assert_eq!(sorted.row_number, [2, 4, 3, 1]);
-        assert_eq!(sorted.product_id[0], chunk.good.product_id[1]);
+        let id_of_a = chunk.good.product_id[1];
+        chunk.good.sort_by_sku();
+        assert_eq!(chunk.good.sku, ["A", "B", "C", "D"]);
+        assert_eq!(chunk.good.row_number, [2, 4, 3, 1]);
+        assert_eq!(chunk.good.product_id[0], id_of_a);
         chunk.reject(&HashMap::from([(1, "taken".to_owned())]));
-        assert_eq!(chunk.good.sku, ["D", "C", "B"]);
-        assert_eq!(chunk.good.row_number, [1, 3, 4]);
-        assert_eq!(chunk.rejected[0].row_number, 2);
+        assert_eq!(chunk.good.sku, ["A", "C", "D"]);
+        assert_eq!(chunk.good.row_number, [2, 3, 1]);
+        assert_eq!(chunk.rejected[0].row_number, 4);
     }
 
     #[test]

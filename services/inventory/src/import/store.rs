@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use diesel::{
     OptionalExtension as _, QueryableByName,
     result::DatabaseErrorKind,
-    sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+    sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid},
 };
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use orderflow_db::Pool;
@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::{
     event::{ImportedProduct, StockImported},
-    rows::Chunk,
+    rows::{Chunk, GoodRows},
 };
 use crate::{EVENT_SOURCE, store::InventoryError};
 
@@ -139,6 +139,12 @@ pub async fn errors(
 enum ChunkError {
     /// A deadlock or serialization failure: try again.
     Retry(diesel::result::Error),
+    /// At commit time the import's `last_row_number` showed that a row
+    /// before the chunk is not committed (the stream's previous chunk
+    /// failed or was rolled back) or that one of the chunk's rows is (a
+    /// concurrent stream of the import committed it): roll back, wait for
+    /// the previous chunk, run again.
+    OutOfOrder,
     Failed(InventoryError),
 }
 
@@ -165,39 +171,130 @@ impl From<InventoryError> for ChunkError {
 }
 
 const ATTEMPTS: u32 = 5;
+/// Each out-of-order attempt follows a commit of another chunk (or the
+/// failure of the previous one, which ends the stream).
+const OUT_OF_ORDER_ATTEMPTS: u32 = 20;
+
+/// Where a chunk stands in its stream: chunks of one stream run in
+/// overlapping transactions on their own connections but must commit in
+/// row order, or a stream cut between two commits would leave a
+/// `last_row_number` above rows that never committed.
+///
+/// Each chunk's transaction first takes the transaction-level advisory lock
+/// `(stream, seq)`, its *token*, and just before it locks the import's row
+/// and commits it waits for its predecessor's token (`seq - 1`, shared).
+/// The wait is a lock wait PostgreSQL sees: when the predecessor waits for a
+/// product row this chunk has locked (a SKU in both chunks, or any third
+/// transaction in between), the deadlock detector breaks the cycle and the
+/// chunk it aborts runs again. Ending the wait proves only that the
+/// predecessor's transaction ended, not that it committed: the chunk then
+/// checks `last_row_number` under the import's row lock (see
+/// [`ChunkError::OutOfOrder`]).
+#[derive(Debug)]
+pub struct Order {
+    /// Random per stream, never 0: two streams of one import use different
+    /// tokens. 0: a chunk with no other in flight, which takes no token.
+    pub stream: i32,
+    /// The chunk's place in its stream (0, 1, ...).
+    pub seq: i32,
+    /// The last row of the stream's previous chunk (0 for the first): it
+    /// must be committed before this chunk commits.
+    pub after_row: i64,
+    /// Set when the chunk holds its token (the next chunk may start).
+    pub token: Option<tokio::sync::oneshot::Sender<()>>,
+    /// The previous chunk's outcome once it is known: true when committed.
+    pub previous: Option<tokio::sync::watch::Receiver<Option<bool>>>,
+    /// The SKUs the previous chunk upserts, while it may be in flight: this
+    /// chunk's rows with one of them are upserted only after it ended.
+    pub previous_skus: Option<std::sync::Arc<std::collections::HashSet<String>>>,
+}
+
+impl Order {
+    /// A chunk with nothing before it in its stream.
+    pub fn first() -> Self {
+        Self {
+            stream: 0,
+            seq: 0,
+            after_row: 0,
+            token: None,
+            previous: None,
+            previous_skus: None,
+        }
+    }
+
+    /// Waits until the previous chunk has finished; false if it failed.
+    async fn previous_done(&mut self) -> bool {
+        match &mut self.previous {
+            None => true,
+            Some(rx) => match rx.wait_for(Option::is_some).await {
+                Ok(outcome) => *outcome == Some(true),
+                // The previous chunk's task is gone without an outcome.
+                Err(_) => false,
+            },
+        }
+    }
+}
 
 /// Commits one chunk: its good rows upserted, its rejected rows recorded,
-/// the import's counts and last row, and its event, in one transaction.
+/// the import's counts and last row, and its event, in one transaction,
+/// after the stream's previous chunk (see [`Order`]).
 ///
 /// # Errors
 /// [`InventoryError::ImportFinished`] for new rows sent to a finished
-/// import; database errors.
+/// import; database errors; UNAVAILABLE when the previous chunk of the
+/// stream did not commit (the client resumes after the last committed row).
 #[tracing::instrument(name = "inventory.import_chunk", skip_all,
     fields(import.id = %import_id, rows = chunk.len(), first_row = chunk.first_row, last_row = chunk.last_row))]
 pub async fn write_chunk(
     pool: &Pool,
     import_id: Uuid,
     mut chunk: Chunk,
+    mut order: Order,
 ) -> Result<(), InventoryError> {
     let mut conn = pool.get().await?;
     let mut attempt = 0;
+    let mut out_of_order = 0;
     loop {
         attempt += 1;
         let result = conn
-            .transaction(async |conn| write_once(conn, import_id, &mut chunk).await)
+            .transaction(async |conn| write_once(conn, import_id, &mut chunk, &mut order).await)
             .await;
+        // However it went, the next chunk may start now (it normally
+        // starts as soon as this one holds its token).
+        if let Some(token) = order.token.take() {
+            let _ = token.send(());
+        }
         match result {
             Ok(()) => return Ok(()),
             // A deadlock with a concurrent writer (the saga locks products
-            // in id order, an import in SKU order): the transaction is gone,
-            // run it again.
+            // in id order, an import in SKU order; or the previous chunk of
+            // this stream): the transaction is gone, run it again.
             Err(ChunkError::Retry(e)) if attempt < ATTEMPTS => {
                 tracing::warn!(error.message = %e, attempt, "import chunk conflicted; retrying");
             }
             Err(ChunkError::Retry(e)) => return Err(e.into()),
+            Err(ChunkError::OutOfOrder) if out_of_order < OUT_OF_ORDER_ATTEMPTS => {
+                out_of_order += 1;
+                attempt -= 1;
+                tracing::info!(
+                    out_of_order,
+                    "import chunk ran ahead of a commit; waiting for the previous chunk"
+                );
+                if !order.previous_done().await {
+                    return Err(not_committed());
+                }
+            }
+            Err(ChunkError::OutOfOrder) => return Err(not_committed()),
             Err(ChunkError::Failed(e)) => return Err(e),
         }
     }
+}
+
+fn not_committed() -> InventoryError {
+    InventoryError::Unavailable(
+        "an earlier chunk of the import did not commit; resume after its last committed row"
+            .to_owned(),
+    )
 }
 
 #[derive(QueryableByName)]
@@ -210,20 +307,15 @@ struct ImportState {
     source: Uuid,
 }
 
+/// A product the upsert inserted or touched. Its data is the chunk's row
+/// (the upsert wrote exactly that) unless the row repeats a SKU
+/// (`import_row` is then an earlier row), so only the SKU comes back.
 #[derive(QueryableByName)]
 struct Changed {
     #[diesel(sql_type = SqlUuid)]
     product_id: Uuid,
     #[diesel(sql_type = Text)]
     sku: String,
-    #[diesel(sql_type = Text)]
-    name: String,
-    #[diesel(sql_type = Text)]
-    currency: String,
-    #[diesel(sql_type = BigInt)]
-    unit_price_minor: i64,
-    #[diesel(sql_type = BigInt)]
-    on_hand: i64,
     #[diesel(sql_type = Bool)]
     inserted: bool,
     #[diesel(sql_type = Bool)]
@@ -246,7 +338,9 @@ struct Changed {
 /// * an identical row that already holds the marker writes nothing.
 ///
 /// RETURNING gives the inserted and touched products; `changed` (updated_at
-/// is this transaction's) tells a data change from a marker move.
+/// is this transaction's) tells a data change from a marker move. It
+/// returns no product data: the service has it (the chunk's rows), and
+/// sending 2,000,000 names and currencies back cost the backend time.
 static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     // coalesce: a product no import has marked has NULLs, and a NULL would
     // make `NOT dup` NULL too.
@@ -269,8 +363,7 @@ static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
          WHERE {dup} OR {changed} \
             OR p.import_source IS DISTINCT FROM excluded.import_source \
             OR p.import_row IS DISTINCT FROM excluded.import_row \
-         RETURNING p.product_id, p.sku, p.name, p.currency, p.unit_price_minor, p.on_hand, \
-           (p.xmax = 0) AS inserted, (p.updated_at = now()) AS changed, p.import_row",
+         RETURNING p.product_id, p.sku, (p.xmax = 0) AS inserted, (p.updated_at = now()) AS changed, p.import_row",
         keep("name"),
         keep("currency"),
         keep("unit_price_minor"),
@@ -280,17 +373,62 @@ static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// Runs [`UPSERT`] over `rows` (sorted by SKU).
+async fn upsert(
+    conn: &mut AsyncPgConnection,
+    rows: &GoodRows,
+    source: Uuid,
+) -> Result<Vec<Changed>, diesel::result::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    diesel::sql_query(UPSERT.as_str())
+        .bind::<Array<SqlUuid>, _>(&rows.product_id)
+        .bind::<Array<Text>, _>(&rows.sku)
+        .bind::<Array<Text>, _>(&rows.name)
+        .bind::<Array<Text>, _>(&rows.currency)
+        .bind::<Array<BigInt>, _>(&rows.unit_price_minor)
+        .bind::<Array<BigInt>, _>(&rows.on_hand)
+        .bind::<Array<BigInt>, _>(&rows.row_number)
+        .bind::<SqlUuid, _>(source)
+        .load(conn)
+        .await
+}
+
 async fn write_once(
     conn: &mut AsyncPgConnection,
     import_id: Uuid,
     chunk: &mut Chunk,
+    order: &mut Order,
 ) -> Result<(), ChunkError> {
-    // The import's row lock serialises the chunks of concurrent streams of
-    // one import (a client resuming while its old stream still commits).
+    // The token first, so that the next chunk, which starts once we hold
+    // it, waits for this transaction's end before it commits.
+    if order.stream != 0 {
+        diesel::sql_query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind::<Integer, _>(order.stream)
+            .bind::<Integer, _>(order.seq)
+            .execute(conn)
+            .await?;
+        if let Some(token) = order.token.take() {
+            let _ = token.send(());
+        }
+    }
+    // The event's jsonb is TOASTed: lz4 compresses it several times faster
+    // than the default pglz (when this server has lz4; readers need no
+    // setting). For this transaction only.
+    diesel::sql_query(
+        "SELECT set_config('default_toast_compression', 'lz4', true) FROM pg_settings \
+         WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)",
+    )
+    .execute(conn)
+    .await?;
+    // Without a lock: the previous chunk may not have committed yet, and
+    // its rows are not ours anyway. What counts is checked under the
+    // import's row lock before commit.
     let state: ImportState = diesel::sql_query(
         "SELECT last_row_number, finished_at IS NOT NULL AS finished, \
                 coalesce(source, import_id) AS source \
-         FROM stock_imports WHERE import_id = $1 FOR UPDATE",
+         FROM stock_imports WHERE import_id = $1",
     )
     .bind::<SqlUuid, _>(import_id)
     .get_result(conn)
@@ -309,22 +447,63 @@ async fn write_once(
         return Ok(());
     }
 
-    let returned: Vec<Changed> = if chunk.good.is_empty() {
-        Vec::new()
-    } else {
-        let rows = chunk.good.sorted_by_sku();
-        diesel::sql_query(UPSERT.as_str())
-            .bind::<Array<SqlUuid>, _>(&rows.product_id)
-            .bind::<Array<Text>, _>(&rows.sku)
-            .bind::<Array<Text>, _>(&rows.name)
-            .bind::<Array<Text>, _>(&rows.currency)
-            .bind::<Array<BigInt>, _>(&rows.unit_price_minor)
-            .bind::<Array<BigInt>, _>(&rows.on_hand)
-            .bind::<Array<BigInt>, _>(&rows.row_number)
-            .bind::<SqlUuid, _>(state.source)
-            .load(conn)
-            .await?
+    // Rows whose SKU the previous chunk also upserts (a SKU the file
+    // repeats) wait until that chunk has ended: upserting one now would
+    // either wait for the previous chunk's row lock while it waits for our
+    // commit order (a deadlock PostgreSQL would break, after a second), or
+    // take the SKU before the previous chunk does. So the two transactions
+    // never touch the same product, and the repeat is judged against the
+    // committed first row, exactly as one chunk at a time would.
+    chunk.good.sort_by_sku();
+    let deferred: Vec<usize> = match &order.previous_skus {
+        Some(skus) => (0..chunk.good.len())
+            .filter(|&i| skus.contains(&chunk.good.sku[i]))
+            .collect(),
+        None => Vec::new(),
     };
+    let mut returned: Vec<Changed> = if deferred.is_empty() {
+        upsert(conn, &chunk.good, state.source).await?
+    } else {
+        let first: Vec<usize> = (0..chunk.good.len())
+            .filter(|i| deferred.binary_search(i).is_err())
+            .collect();
+        upsert(conn, &chunk.good.subset(&first), state.source).await?
+    };
+    // Commit order: wait for the previous chunk's transaction to end (a
+    // lock wait the deadlock detector sees), then check under the import's
+    // row lock that every row before the chunk is committed and none of
+    // its own is.
+    if order.stream != 0 && order.seq > 0 {
+        diesel::sql_query("SELECT pg_advisory_xact_lock_shared($1, $2)")
+            .bind::<Integer, _>(order.stream)
+            .bind::<Integer, _>(order.seq - 1)
+            .execute(conn)
+            .await?;
+    }
+    let now: ImportState = diesel::sql_query(
+        "SELECT last_row_number, finished_at IS NOT NULL AS finished, \
+                coalesce(source, import_id) AS source \
+         FROM stock_imports WHERE import_id = $1 FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(import_id)
+    .get_result(conn)
+    .await
+    .optional()?
+    .ok_or(InventoryError::ImportNotFound(import_id))?;
+    if now.last_row_number < order.after_row || now.last_row_number >= chunk.first_row {
+        return Err(ChunkError::OutOfOrder);
+    }
+    if now.finished && chunk.last_row > now.last_row_number {
+        return Err(InventoryError::ImportFinished {
+            import_id,
+            last_row: now.last_row_number,
+        }
+        .into());
+    }
+    if !deferred.is_empty() {
+        returned.extend(upsert(conn, &chunk.good.subset(&deferred), state.source).await?);
+    }
+
     // Sort what came back into inserted, changed, repeated (rejected) and
     // marker moves (unchanged).
     let index: HashMap<&str, usize> = chunk
@@ -335,7 +514,7 @@ async fn write_once(
         .map(|(i, sku)| (sku.as_str(), i))
         .collect();
     let mut repeated = HashMap::new();
-    let mut changed = Vec::new();
+    let mut changed: Vec<(usize, Uuid, bool)> = Vec::new();
     for c in returned {
         let Some(&i) = index.get(c.sku.as_str()) else {
             continue;
@@ -346,10 +525,24 @@ async fn write_once(
                 format!("sku: {} was already given on row {}", c.sku, c.import_row),
             );
         } else if c.inserted || c.changed {
-            changed.push(c);
+            changed.push((i, c.product_id, c.inserted));
         }
     }
     drop(index);
+    // The event's products, from the chunk's rows, before `reject` moves
+    // rows around.
+    let products: Vec<ImportedProduct> = changed
+        .iter()
+        .map(|&(i, product_id, created)| ImportedProduct {
+            product_id,
+            sku: chunk.good.sku[i].clone(),
+            name: chunk.good.name[i].clone(),
+            currency: chunk.good.currency[i].clone(),
+            unit_price_minor: chunk.good.unit_price_minor[i],
+            on_hand: chunk.good.on_hand[i],
+            created,
+        })
+        .collect();
     chunk.reject(&repeated);
     if !chunk.rejected.is_empty() {
         let (numbers, (skus, reasons)): (Vec<i64>, (Vec<&str>, Vec<&str>)) = chunk
@@ -370,7 +563,7 @@ async fn write_once(
         .await?;
     }
 
-    let inserted = changed.iter().filter(|c| c.inserted).count();
+    let inserted = products.iter().filter(|p| p.created).count();
     let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     diesel::sql_query(
         "UPDATE stock_imports SET last_row_number = greatest(last_row_number, $2), \
@@ -382,25 +575,13 @@ async fn write_once(
     .bind::<BigInt, _>(chunk.last_row)
     .bind::<BigInt, _>(count(chunk.len()))
     .bind::<BigInt, _>(count(inserted))
-    .bind::<BigInt, _>(count(changed.len() - inserted))
-    .bind::<BigInt, _>(count(chunk.good.len() - changed.len()))
+    .bind::<BigInt, _>(count(products.len() - inserted))
+    .bind::<BigInt, _>(count(chunk.good.len() - products.len()))
     .bind::<BigInt, _>(count(chunk.rejected.len()))
     .execute(conn)
     .await?;
 
-    if !changed.is_empty() {
-        let products = changed
-            .into_iter()
-            .map(|c| ImportedProduct {
-                product_id: c.product_id,
-                sku: c.sku,
-                name: c.name,
-                currency: c.currency,
-                unit_price_minor: c.unit_price_minor,
-                on_hand: c.on_hand,
-                created: c.inserted,
-            })
-            .collect();
+    if !products.is_empty() {
         orderflow_outbox::append(
             conn,
             EVENT_SOURCE,

@@ -608,3 +608,147 @@ async fn an_import_updates_known_skus_keeps_their_ids_and_refuses_a_sku_its_file
     let res = import_source(&app, "", vec![row(5, "NEW-1", 900, 9)]).await;
     assert_eq!(counts(&res), (1, 0, 1, 0, 0));
 }
+
+/// Two chunks of one stream in flight at once. The later one waits for
+/// the earlier one's commit; when that wait closes a cycle with a third
+/// transaction (it holds a product the earlier chunk needs and waits for
+/// one the later chunk holds), PostgreSQL sees it (the wait is an advisory
+/// lock) and breaks it. A SKU both chunks give is upserted by the later one
+/// only after the earlier one ended. The import ends as if its chunks had
+/// run one by one.
+#[tokio::test(flavor = "multi_thread")]
+async fn overlapping_chunks_that_deadlock_with_another_writer_end_as_if_run_in_order() {
+    let app = TestApp::spawn().await;
+    for sku in ["M-LOCKED", "B-HELD"] {
+        app.upsert(product_request(Uuid::new_v4(), sku, 10))
+            .await
+            .unwrap();
+    }
+    // Chunk 1 (rows 1-5000): A-*, M-LOCKED (row 2500), Z-SHARED (row 5000).
+    // Chunk 2 (rows 5001-10000): Z-SHARED again (row 5001), B-*, B-HELD
+    // (row 7000).
+    let chunk_rows = orderflow_inventory::import::CHUNK_ROWS as i64;
+    let rows: Vec<pb::StockRow> = (1..=2 * chunk_rows)
+        .map(|n| match n {
+            _ if n == chunk_rows / 2 => row(n, "M-LOCKED", 4200, 42),
+            _ if n == chunk_rows => row(n, "Z-SHARED", 100, 1),
+            _ if n == chunk_rows + 1 => row(n, "Z-SHARED", 999, 9),
+            _ if n == chunk_rows + 2000 => row(n, "B-HELD", 4300, 43),
+            _ if n < chunk_rows => row(n, &format!("A-{n:06}"), 100, 1),
+            _ => row(n, &format!("B-{n:06}"), 100, 1),
+        })
+        .collect();
+    let id = Uuid::new_v4().to_string();
+    let msgs: Vec<_> = rows
+        .chunks(1000)
+        .enumerate()
+        .map(|(i, rows)| message(if i == 0 { &id } else { "" }, rows.to_vec()))
+        .collect();
+
+    // The other writer: chunk 1 stops at M-LOCKED until it lets go.
+    let mut other = app.sql().await;
+    diesel::sql_query("BEGIN")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    diesel::sql_query("SELECT 1 FROM products WHERE sku = 'M-LOCKED' FOR UPDATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let deadlocks_before = deadlocks(&app).await;
+    let import = {
+        let client = app.client.clone();
+        tokio::spawn(async move {
+            client
+                .clone()
+                .import_stock(tokio_stream::iter(msgs))
+                .await
+                .map(tonic::Response::into_inner)
+        })
+    };
+    // Chunk 2 has upserted B-HELD and waits for chunk 1's commit.
+    let waiting = "pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND NOT granted \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let started = std::time::Instant::now();
+    while app.count(waiting).await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "chunk 2 never waited for chunk 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The cycle: other -> chunk 2 (B-HELD) -> chunk 1 (commit order) ->
+    // other (M-LOCKED). PostgreSQL aborts one of the three.
+    let closed = diesel::sql_query("UPDATE products SET on_hand = on_hand WHERE sku = 'B-HELD'")
+        .execute(&mut other)
+        .await;
+    let end = if closed.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    diesel::sql_query(end).execute(&mut other).await.unwrap();
+
+    let res = tokio::time::timeout(Duration::from_secs(60), import)
+        .await
+        .expect("no undetected deadlock")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        counts(&res),
+        (2 * chunk_rows, 2 * chunk_rows - 3, 2, 0, 1),
+        "{res:?}"
+    );
+    let errors: Vec<_> = res
+        .errors
+        .iter()
+        .map(|e| (e.row_number, e.sku.as_str(), e.reason.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [(
+            chunk_rows + 1,
+            "Z-SHARED",
+            format!("sku: Z-SHARED was already given on row {chunk_rows}").as_str()
+        )]
+    );
+    let all = products(&app).await;
+    assert_eq!(all.len() as i64, 2 * chunk_rows - 1);
+    let data = |sku: &str| {
+        let p = all.iter().find(|p| p.sku == sku).unwrap();
+        (p.unit_price_minor, p.on_hand)
+    };
+    assert_eq!(data("Z-SHARED"), (100, 1), "the first row wins");
+    assert_eq!(data("M-LOCKED"), (4200, 42));
+    assert_eq!(data("B-HELD"), (4300, 43));
+    let (_, mut skus) = import_events(&app).await;
+    skus.sort();
+    let mut expected: Vec<_> = all.iter().map(|p| p.sku.clone()).collect();
+    expected.sort();
+    assert_eq!(skus, expected, "every product in exactly one event");
+    // PostgreSQL saw the cycle (its statistics may lag a moment).
+    let started = std::time::Instant::now();
+    while deadlocks(&app).await == deadlocks_before {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no deadlock happened: the test tests nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn deadlocks(app: &TestApp) -> i64 {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = app.sql().await;
+    diesel::sql_query("SELECT pg_stat_clear_snapshot()")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "SELECT deadlocks AS n FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .get_result::<Count>(&mut conn)
+    .await
+    .unwrap()
+    .n
+}
