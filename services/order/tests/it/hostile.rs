@@ -10,215 +10,30 @@
 //! Cases are drawn from a seed printed by every test; a failure prints the
 //! (shrunk) request and `HOSTILE_SEED=<n>`, which replays the same cases.
 
-use std::{collections::BTreeMap, fmt::Debug, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use orderflow_proto::order::v1 as pb;
-use orderflow_testkit::as_admin;
-use proptest::{
-    collection::vec,
-    prelude::*,
-    sample::select,
-    strategy::ValueTree,
-    test_runner::{Config, RngAlgorithm, TestRng, TestRunner},
+use orderflow_testkit::{
+    as_admin, ensure_or,
+    hostile::{
+        Snapshot, hex, hostile, judge, page_size, runner, seed, short_text, text, uuid, uuid_text,
+    },
 };
+use proptest::{collection::vec, prelude::*, sample::select, strategy::ValueTree};
 use tonic::Code;
-use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, order_request};
 
-/// Cases per RPC: enough to hit every kind of value a few times, few enough
-/// that the file runs in seconds.
-const CASES: u32 = 128;
-/// At most this many extra calls to shrink a failing case.
-const MAX_SHRINK_CALLS: u32 = 200;
 /// tonic's default limit on a decoded message (no server sets another).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 // ---------------------------------------------------------------- the runner
 
-/// The seed of this run: `HOSTILE_SEED` to replay one, random otherwise.
-fn seed() -> u64 {
-    let seed = std::env::var("HOSTILE_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            use std::hash::{BuildHasher as _, Hasher as _};
-            std::collections::hash_map::RandomState::new()
-                .build_hasher()
-                .finish()
-        });
-    eprintln!("hostile: HOSTILE_SEED={seed}");
-    seed
-}
-
-/// A runner whose cases depend only on the seed and the RPC's name.
-fn runner(seed: u64, rpc: &str) -> TestRunner {
-    let mut bytes = [0u8; 32];
-    bytes[..8].copy_from_slice(&seed.to_le_bytes());
-    for (i, b) in rpc.bytes().enumerate() {
-        bytes[8 + i % 24] ^= b;
-    }
-    TestRunner::new_with_rng(
-        Config::default(),
-        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
-    )
-}
-
-/// Runs [`CASES`] values of `strategy` through `check`, which sends one call
-/// and returns how it ended (`Ok("OK")`, `Ok("NOT_FOUND")`...) or what is
-/// wrong. A failure is shrunk (proptest's simplify/complicate, each step one
-/// more call) and reported with the seed. Returns how the calls ended.
-async fn hostile<S, F>(rpc: &str, seed: u64, strategy: S, mut check: F) -> BTreeMap<String, u32>
-where
-    S: Strategy,
-    S::Value: Debug,
-    F: AsyncFnMut(S::Value) -> Result<String, String>,
-{
-    let mut runner = runner(seed, rpc);
-    let mut tally = BTreeMap::new();
-    for case in 0..CASES {
-        let mut tree = strategy.new_tree(&mut runner).expect("a value");
-        let value = tree.current();
-        let shown = show(&value);
-        match check(value).await {
-            Ok(outcome) => *tally.entry(outcome).or_insert(0) += 1,
-            Err(failure) => {
-                let (shrunk, why) = shrink(&mut tree, &mut check).await;
-                panic!(
-                    "{rpc}: case {case} failed (replay with HOSTILE_SEED={seed}): {failure}\n\
-                     request: {shown}\n\
-                     shrunk to: {}\n  which fails with: {}",
-                    shrunk.as_deref().unwrap_or("(not shrunk)"),
-                    why.as_deref().unwrap_or("-"),
-                );
-            }
-        }
-    }
-    eprintln!("{rpc}: {CASES} cases: {tally:?}");
-    tally
-}
-
-async fn shrink<T, F>(tree: &mut T, check: &mut F) -> (Option<String>, Option<String>)
-where
-    T: ValueTree,
-    T::Value: Debug,
-    F: AsyncFnMut(T::Value) -> Result<String, String>,
-{
-    let mut smallest = (None, None);
-    if !tree.simplify() {
-        return smallest;
-    }
-    for _ in 0..MAX_SHRINK_CALLS {
-        let value = tree.current();
-        let shown = show(&value);
-        match check(value).await {
-            Ok(_) => {
-                if !tree.complicate() {
-                    break;
-                }
-            }
-            Err(why) => {
-                smallest = (Some(shown), Some(why));
-                if !tree.simplify() {
-                    break;
-                }
-            }
-        }
-    }
-    smallest
-}
-
-/// Debug output, cut short: some values hold strings of megabytes.
-fn show(value: &impl Debug) -> String {
-    let mut s = format!("{value:?}");
-    if s.len() > 3000 {
-        let mut cut = 3000;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
-}
-
-/// A rejection is fine if it is a client's-mistake code; INVALID_ARGUMENT
-/// must say which fields (google.rpc.BadRequest).
-fn judge(status: &tonic::Status) -> Result<String, String> {
-    match status.code() {
-        Code::InvalidArgument => {
-            let bad = status.get_details_bad_request().ok_or_else(|| {
-                format!(
-                    "INVALID_ARGUMENT without a BadRequest detail: {}",
-                    status.message()
-                )
-            })?;
-            if bad.field_violations.is_empty() {
-                return Err(format!(
-                    "BadRequest without field violations: {}",
-                    status.message()
-                ));
-            }
-            Ok("INVALID_ARGUMENT".to_owned())
-        }
-        code @ (Code::NotFound
-        | Code::AlreadyExists
-        | Code::FailedPrecondition
-        | Code::OutOfRange) => Ok(format!("{code:?}")),
-        code => Err(format!(
-            "{code:?} for a client's request: {}",
-            status.message()
-        )),
-    }
-}
-
-macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
-        if !$cond {
-            return Err(format!($($msg)+));
-        }
-    };
-}
-
 // ------------------------------------------------------------ the database
 
 const TABLES: [&str; 3] = ["orders", "order_lines", "outbox"];
-
-/// Per table: rows and a hash of their content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Snapshot(Vec<(i64, String)>);
-
-impl Snapshot {
-    async fn take(conn: &mut AsyncPgConnection) -> Self {
-        let mut tables = Vec::new();
-        for table in TABLES {
-            let row: CountHash = diesel::sql_query(format!(
-                "SELECT count(*) AS n, coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') AS h \
-                 FROM {table} t"
-            ))
-            .get_result(conn)
-            .await
-            .expect("snapshot");
-            tables.push((row.n, row.h));
-        }
-        Self(tables)
-    }
-
-    fn rows(&self, table: &str) -> i64 {
-        let i = TABLES.iter().position(|t| *t == table).expect("a table");
-        self.0[i].0
-    }
-}
-
-#[derive(diesel::QueryableByName)]
-struct CountHash {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    h: String,
-}
 
 #[derive(diesel::QueryableByName)]
 struct Count {
@@ -270,53 +85,6 @@ async fn stored(conn: &mut AsyncPgConnection, id: &str) -> (i64, i64) {
 }
 
 // ------------------------------------------------------------ strategies
-
-fn uuid() -> impl Strategy<Value = Uuid> {
-    any::<u128>().prop_map(|n| Uuid::from_u128(n | 1))
-}
-
-/// Text a client should not send, and some it may, up to 80 KB.
-fn text() -> BoxedStrategy<String> {
-    prop_oneof![
-        9 => short_text(),
-        1 => (0usize..4, 200usize..20_000).prop_map(|(c, n)| ["x", "é", "😀", "\u{0}"][c].repeat(n)),
-    ]
-    .boxed()
-}
-
-/// The same without the huge strings: for fields repeated in every line or
-/// row, so that a message stays under the server's size limit (that limit
-/// has its own test).
-fn short_text() -> BoxedStrategy<String> {
-    prop_oneof![
-        2 => Just(String::new()),
-        4 => any::<String>(),
-        2 => "[a-zA-Z0-9 _.@+-]{1,40}",
-        2 => "[\\x00-\\x1f\\x7f]{1,4}",
-        2 => "[a-z]{0,8}\\x00[a-z]{0,8}",
-        1 => "\\s{1,8}",
-        2 => "[\\u{0300}-\\u{036f}\\u{200b}-\\u{200f}\\u{202e}\\u{fe0f}\\u{1f600}-\\u{1f64f}\\u{fffd}]{1,40}",
-    ]
-    .boxed()
-}
-
-/// Ids: mostly UUIDs, some spelled another way, nil, cut short or junk.
-fn uuid_text() -> BoxedStrategy<String> {
-    prop_oneof![
-        6 => uuid().prop_map(|u| u.to_string()),
-        1 => Just(Uuid::nil().to_string()),
-        1 => Just(Uuid::max().to_string()),
-        1 => uuid().prop_map(|u| u.simple().to_string()),
-        1 => uuid().prop_map(|u| u.braced().to_string()),
-        1 => uuid().prop_map(|u| u.urn().to_string()),
-        1 => uuid().prop_map(|u| u.to_string().to_uppercase()),
-        1 => (uuid(), 0usize..36).prop_map(|(u, n)| u.to_string()[..n].to_owned()),
-        1 => (uuid(), short_text()).prop_map(|(u, s)| format!("{u}{s}")),
-        1 => (uuid(), short_text()).prop_map(|(u, s)| format!("{s}{u}")),
-        2 => short_text(),
-    ]
-    .boxed()
-}
 
 fn amount() -> BoxedStrategy<i64> {
     prop_oneof![
@@ -525,24 +293,10 @@ fn create_requests(
     .boxed()
 }
 
-fn page_size() -> BoxedStrategy<i32> {
-    prop_oneof![
-        2 => Just(0),
-        3 => 1i32..=600,
-        1 => any::<i32>(),
-        1 => select(vec![-1, 1, 499, 500, 501, i32::MIN, i32::MAX]),
-    ]
-    .boxed()
-}
-
 /// ListOrders' token format (see `store::Cursor`), for forged tokens.
 fn order_token(micros: i64, id: Uuid, customer: Option<Uuid>) -> String {
     let filter = customer.map_or_else(|| "-".to_owned(), |c| c.simple().to_string());
     hex(&format!("v1.{micros}.{}.{filter}", id.simple()))
-}
-
-fn hex(plain: &str) -> String {
-    plain.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn page_token(real: Vec<String>, customers: Vec<Uuid>) -> BoxedStrategy<String> {
@@ -637,13 +391,13 @@ async fn hostile_create_order() {
         seed,
         create_requests(request_ids, replays, products),
         async |req: pb::CreateOrderRequest| {
-            let before = Snapshot::take(&mut conn).await;
+            let before = Snapshot::take(&mut conn, &TABLES).await;
             let result = client.clone().create_order(as_admin(req.clone())).await;
-            let after = Snapshot::take(&mut conn).await;
+            let after = Snapshot::take(&mut conn, &TABLES).await;
             let outcome = match result {
                 Err(status) => {
                     let outcome = judge(&status)?;
-                    ensure!(
+                    ensure_or!(
                         before == after,
                         "rejected ({outcome}) but the tables changed"
                     );
@@ -654,19 +408,19 @@ async fn hostile_create_order() {
                         .into_inner()
                         .order
                         .ok_or("no order in the response")?;
-                    ensure!(
+                    ensure_or!(
                         order.request_id == req.request_id.to_lowercase(),
                         "the order of another request: {}",
                         order.request_id
                     );
-                    ensure!(
+                    ensure_or!(
                         order.lines.len() == req.lines.len(),
                         "{} lines returned for {} sent",
                         order.lines.len(),
                         req.lines.len()
                     );
                     let (lines, placed) = stored(&mut conn, &order.id).await;
-                    ensure!(
+                    ensure_or!(
                         lines == req.lines.len() as i64 && placed == 1,
                         "order {} stored with {lines} lines and {placed} order.placed",
                         order.id
@@ -676,10 +430,10 @@ async fn hostile_create_order() {
                         (grew("orders"), grew("order_lines"), grew("outbox"));
                     if orders == 0 {
                         // A replay: the first order, nothing written.
-                        ensure!(before == after, "a replay wrote something");
+                        ensure_or!(before == after, "a replay wrote something");
                         "OK (replay)".to_owned()
                     } else {
-                        ensure!(
+                        ensure_or!(
                             (orders, lines, outbox) == (1, req.lines.len() as i64, 1),
                             "a new order wrote {orders} orders, {lines} lines, {outbox} events"
                         );
@@ -687,7 +441,7 @@ async fn hostile_create_order() {
                     }
                 }
             };
-            ensure!(broken_orders(&mut conn).await == 0, "an order is not whole");
+            ensure_or!(broken_orders(&mut conn).await == 0, "an order is not whole");
             Ok(outcome)
         },
     )
@@ -719,23 +473,26 @@ async fn hostile_get_order() {
         seed,
         ids.prop_map(|order_id| pb::GetOrderRequest { order_id }),
         async |req: pb::GetOrderRequest| {
-            let before = Snapshot::take(&mut conn).await;
+            let before = Snapshot::take(&mut conn, &TABLES).await;
             let result = client.clone().get_order(as_admin(req.clone())).await;
-            ensure!(Snapshot::take(&mut conn).await == before, "a read wrote");
+            ensure_or!(
+                Snapshot::take(&mut conn, &TABLES).await == before,
+                "a read wrote"
+            );
             let is_known = known.iter().any(|k| k.to_string() == req.order_id);
             match result {
                 Ok(response) => {
                     let order = response.into_inner().order.ok_or("no order")?;
-                    ensure!(
+                    ensure_or!(
                         order.id == req.order_id.to_lowercase(),
                         "another order: {}",
                         order.id
                     );
-                    ensure!(!order.lines.is_empty(), "an order without lines");
+                    ensure_or!(!order.lines.is_empty(), "an order without lines");
                     Ok("OK".to_owned())
                 }
                 Err(status) => {
-                    ensure!(!is_known, "a known order refused: {status:?}");
+                    ensure_or!(!is_known, "a known order refused: {status:?}");
                     judge(&status)
                 }
             }
@@ -790,9 +547,12 @@ async fn hostile_list_orders() {
         seed,
         requests,
         async |req: pb::ListOrdersRequest| {
-            let before = Snapshot::take(&mut conn).await;
+            let before = Snapshot::take(&mut conn, &TABLES).await;
             let result = client.clone().list_orders(as_admin(req.clone())).await;
-            ensure!(Snapshot::take(&mut conn).await == before, "a read wrote");
+            ensure_or!(
+                Snapshot::take(&mut conn, &TABLES).await == before,
+                "a read wrote"
+            );
             match result {
                 Ok(response) => {
                     let page = response.into_inner();
@@ -800,12 +560,12 @@ async fn hostile_list_orders() {
                         0 => 50,
                         n => n.clamp(1, 500) as usize,
                     };
-                    ensure!(
+                    ensure_or!(
                         page.orders.len() <= limit,
                         "{} orders on a page of {limit}",
                         page.orders.len()
                     );
-                    ensure!(
+                    ensure_or!(
                         page.orders.iter().all(|o| req.customer_id.is_empty()
                             || o.customer_id == req.customer_id.to_lowercase()),
                         "another customer's order"
@@ -840,13 +600,13 @@ async fn hostile_cancel_order() {
         seed,
         (order_id, reason()).prop_map(|(order_id, reason)| pb::CancelOrderRequest { order_id, reason }),
         async |req: pb::CancelOrderRequest| {
-            let before = Snapshot::take(&mut conn).await;
+            let before = Snapshot::take(&mut conn, &TABLES).await;
             let result = client.clone().cancel_order(as_admin(req.clone())).await;
-            let after = Snapshot::take(&mut conn).await;
+            let after = Snapshot::take(&mut conn, &TABLES).await;
             let outcome = match result {
                 Ok(response) => {
                     let order = response.into_inner().order.ok_or("no order")?;
-                    ensure!(
+                    ensure_or!(
                         order.status == pb::OrderStatus::Cancelled as i32
                             && order.cancel_reason.starts_with("cancelled by the customer"),
                         "not cancelled: {order:?}"
@@ -859,14 +619,14 @@ async fn hostile_cancel_order() {
                         ),
                     )
                     .await;
-                    ensure!(cancelled == 1, "the stored order is not CANCELLED");
+                    ensure_or!(cancelled == 1, "the stored order is not CANCELLED");
                     let events = after.rows("outbox") - before.rows("outbox");
-                    ensure!(
+                    ensure_or!(
                         events <= 1 && after.rows("orders") == before.rows("orders"),
                         "a cancel wrote {events} events"
                     );
                     if events == 0 {
-                        ensure!(before == after, "a repeated cancel wrote something");
+                        ensure_or!(before == after, "a repeated cancel wrote something");
                         "OK (again)".to_owned()
                     } else {
                         "OK".to_owned()
@@ -874,20 +634,20 @@ async fn hostile_cancel_order() {
                 }
                 Err(status) => {
                     let outcome = judge(&status)?;
-                    ensure!(before == after, "rejected ({outcome}) but the tables changed");
+                    ensure_or!(before == after, "rejected ({outcome}) but the tables changed");
                     if status.code() == Code::NotFound {
-                        ensure!(
+                        ensure_or!(
                             !known.iter().any(|k| k.to_string() == req.order_id.to_lowercase()),
                             "a known order not found"
                         );
                     }
                     if status.code() == Code::FailedPrecondition {
-                        ensure!(req.order_id.to_lowercase() == confirmed.to_string(), "{status:?}");
+                        ensure_or!(req.order_id.to_lowercase() == confirmed.to_string(), "{status:?}");
                     }
                     outcome
                 }
             };
-            ensure!(broken_orders(&mut conn).await == 0, "an order is not whole");
+            ensure_or!(broken_orders(&mut conn).await == 0, "an order is not whole");
             Ok(outcome)
         },
     )
@@ -909,7 +669,7 @@ async fn hostile_message_size_limit() {
     let app = TestApp::spawn().await;
     let mut conn = app.sql().await;
     let mut client = app.client.clone();
-    let before = Snapshot::take(&mut conn).await;
+    let before = Snapshot::take(&mut conn, &TABLES).await;
 
     let mut too_big = order_request(Uuid::new_v4());
     too_big.customer_email = format!("{}@example.com", "a".repeat(MAX_MESSAGE));
@@ -932,7 +692,7 @@ async fn hostile_message_size_limit() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
 
     assert_eq!(
-        Snapshot::take(&mut conn).await,
+        Snapshot::take(&mut conn, &TABLES).await,
         before,
         "a refused request wrote"
     );

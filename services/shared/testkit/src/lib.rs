@@ -2,6 +2,7 @@
 
 mod broker;
 pub mod grpcurl;
+pub mod hostile;
 mod process;
 mod server;
 
