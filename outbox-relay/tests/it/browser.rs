@@ -16,7 +16,7 @@ use std::{
     panic::AssertUnwindSafe,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use fantoccini::{Client, ClientBuilder, Locator, elements::Element};
@@ -624,20 +624,16 @@ impl Page {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, String>>,
     {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(error) = self.shown_error().await {
-                panic!("the page shows an error while waiting until {what}: {error}");
+        orderflow_testkit::wait_for(what, DEADLINE, || {
+            let next = check();
+            async move {
+                if let Some(error) = self.shown_error().await {
+                    panic!("the page shows an error while waiting until {what}: {error}");
+                }
+                next.await
             }
-            match check().await {
-                Ok(value) => return value,
-                Err(seen) => assert!(
-                    Instant::now() < deadline,
-                    "timed out after {DEADLINE:?} waiting until {what}; last seen: {seen}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     async fn wait_text(&self, testid: &str, expected: &str) {

@@ -16,7 +16,10 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
 use orderflow_proto::inventory::v1 as pb;
 use orderflow_testkit::{
     as_admin, ensure_or,
-    hostile::{Snapshot, hex, hostile, judge, page_size, seed, short_text, text, uuid, uuid_text},
+    hostile::{
+        Snapshot, amount, currency, hex, hostile, judge, page_size, seed, short_text, text, uuid,
+        uuid_text,
+    },
 };
 use proptest::{collection::vec, prelude::*, sample::select};
 use tonic::Code;
@@ -38,28 +41,6 @@ const TABLES: [&str; 6] = [
 ];
 
 // ------------------------------------------------------------ strategies
-
-fn amount() -> BoxedStrategy<i64> {
-    prop_oneof![
-        4 => 0i64..100_000,
-        1 => any::<i64>(),
-        1 => Just(i64::MAX),
-        1 => Just(i64::MIN),
-        1 => Just(-1i64),
-        1 => Just(0i64),
-    ]
-    .boxed()
-}
-
-fn currency() -> BoxedStrategy<String> {
-    prop_oneof![
-        6 => Just("EUR".to_owned()),
-        2 => select(vec!["USD", "JPY", "XXX", "eur", "EU", "EURO", "€", "", "E\u{0}R", "ÉUR"])
-            .prop_map(str::to_owned),
-        1 => short_text(),
-    ]
-    .boxed()
-}
 
 fn money() -> BoxedStrategy<Option<pb::Money>> {
     prop_oneof![

@@ -669,14 +669,12 @@ async fn overlapping_chunks_that_deadlock_with_another_writer_end_as_if_run_in_o
     // Chunk 2 has upserted B-HELD and waits for chunk 1's commit.
     let waiting = "pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND NOT granted \
          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
-    let started = std::time::Instant::now();
-    while app.count(waiting).await == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "chunk 2 never waited for chunk 1"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    orderflow_testkit::wait_until(
+        "chunk 2 waits for chunk 1",
+        Duration::from_secs(30),
+        || async { app.count(waiting).await > 0 },
+    )
+    .await;
     // The cycle: other -> chunk 2 (B-HELD) -> chunk 1 (commit order) ->
     // other (M-LOCKED). PostgreSQL aborts one of the three.
     let closed = diesel::sql_query("UPDATE products SET on_hand = on_hand WHERE sku = 'B-HELD'")
@@ -723,14 +721,12 @@ async fn overlapping_chunks_that_deadlock_with_another_writer_end_as_if_run_in_o
     expected.sort();
     assert_eq!(skus, expected, "every product in exactly one event");
     // PostgreSQL saw the cycle (its statistics may lag a moment).
-    let started = std::time::Instant::now();
-    while deadlocks(&app).await == deadlocks_before {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "no deadlock happened: the test tests nothing"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    orderflow_testkit::wait_until(
+        "PostgreSQL counts the deadlock (else the test tests nothing)",
+        Duration::from_secs(10),
+        || async { deadlocks(&app).await != deadlocks_before },
+    )
+    .await;
 }
 
 async fn deadlocks(app: &TestApp) -> i64 {

@@ -17,7 +17,8 @@ use orderflow_proto::order::v1 as pb;
 use orderflow_testkit::{
     as_admin, ensure_or,
     hostile::{
-        Snapshot, hex, hostile, judge, page_size, runner, seed, short_text, text, uuid, uuid_text,
+        Snapshot, amount, currency, hex, hostile, judge, page_size, runner, seed, text, uuid,
+        uuid_text,
     },
 };
 use proptest::{collection::vec, prelude::*, sample::select, strategy::ValueTree};
@@ -85,28 +86,6 @@ async fn stored(conn: &mut AsyncPgConnection, id: &str) -> (i64, i64) {
 }
 
 // ------------------------------------------------------------ strategies
-
-fn amount() -> BoxedStrategy<i64> {
-    prop_oneof![
-        4 => 0i64..100_000,
-        1 => any::<i64>(),
-        1 => Just(i64::MAX),
-        1 => Just(i64::MIN),
-        1 => Just(-1i64),
-        1 => Just(0i64),
-    ]
-    .boxed()
-}
-
-fn currency() -> BoxedStrategy<String> {
-    prop_oneof![
-        6 => Just("EUR".to_owned()),
-        2 => select(vec!["USD", "JPY", "XXX", "eur", "EU", "EURO", "€", "", "E\u{0}R", "ÉUR"])
-            .prop_map(str::to_owned),
-        1 => short_text(),
-    ]
-    .boxed()
-}
 
 fn money() -> BoxedStrategy<Option<pb::Money>> {
     prop_oneof![
@@ -766,8 +745,23 @@ async fn hostile_deadlines_leave_nothing_half_done() {
     }
     assert!(tally.len() > 1, "no call was cut short: {tally:?}");
 
-    // Calls the server dropped may still be unwinding.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Calls the client dropped may still be running on the server: wait
+    // until no other session of this database is busy or in a transaction.
+    orderflow_testkit::wait_until(
+        "the server's calls have finished in the database",
+        Duration::from_secs(30),
+        || async {
+            count(
+                &mut app.sql().await,
+                "SELECT count(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND pid <> pg_backend_pid() \
+                   AND state IS DISTINCT FROM 'idle'",
+            )
+            .await
+                == 0
+        },
+    )
+    .await;
     assert_eq!(
         broken_orders(&mut conn).await,
         0,

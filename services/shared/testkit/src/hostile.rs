@@ -290,3 +290,25 @@ pub fn page_size() -> BoxedStrategy<i32> {
 pub fn hex(plain: &str) -> String {
     plain.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+pub fn amount() -> BoxedStrategy<i64> {
+    prop_oneof![
+        4 => 0i64..100_000,
+        1 => any::<i64>(),
+        1 => Just(i64::MAX),
+        1 => Just(i64::MIN),
+        1 => Just(-1i64),
+        1 => Just(0i64),
+    ]
+    .boxed()
+}
+
+pub fn currency() -> BoxedStrategy<String> {
+    prop_oneof![
+        6 => Just("EUR".to_owned()),
+        2 => select(vec!["USD", "JPY", "XXX", "eur", "EU", "EURO", "€", "", "E\u{0}R", "ÉUR"])
+            .prop_map(str::to_owned),
+        1 => short_text(),
+    ]
+    .boxed()
+}
