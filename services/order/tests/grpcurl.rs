@@ -20,27 +20,7 @@ async fn the_binary_migrates_serves_and_answers_grpcurl() {
     let grpcurl = served.grpcurl(SERVICE);
 
     // Reflection and health.
-    let list = grpcurl.run(&[], &["list"]).await;
-    assert!(list.ok, "grpcurl list: {}{}", list.stdout, list.stderr);
-    for service in [
-        SERVICE,
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ] {
-        assert!(
-            list.stdout.lines().any(|l| l == service),
-            "{service} not listed:\n{}",
-            list.stdout
-        );
-    }
-    let describe = grpcurl.run(&[], &["describe", SERVICE]).await;
-    assert!(
-        describe.stdout.contains("rpc CreateOrder"),
-        "{}",
-        describe.stdout
-    );
-    let health = grpcurl.run(&[], &["grpc.health.v1.Health/Check"]).await;
-    assert!(health.stdout.contains("\"SERVING\""), "{}", health.stdout);
+    grpcurl.assert_reflection_and_health("CreateOrder").await;
 
     // Create, get, list, cancel.
     let customer = Uuid::new_v4().to_string();

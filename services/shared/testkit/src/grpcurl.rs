@@ -67,6 +67,39 @@ impl Grpcurl {
         }
     }
 
+    /// What every served binary must offer: the service, health and both
+    /// reflection versions listed; `rpc` in the service's description; the
+    /// service SERVING on the health check.
+    ///
+    /// # Panics
+    /// When one of them is missing.
+    pub async fn assert_reflection_and_health(&self, rpc: &str) {
+        let list = self.run(&[], &["list"]).await;
+        assert!(list.ok, "grpcurl list: {}{}", list.stdout, list.stderr);
+        for service in [
+            self.service.as_str(),
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ] {
+            assert!(
+                list.stdout.lines().any(|l| l == service),
+                "{service} not listed:\n{}",
+                list.stdout
+            );
+        }
+        let describe = self.run(&[], &["describe", &self.service]).await;
+        assert!(
+            describe.stdout.contains(&format!("rpc {rpc}")),
+            "{}",
+            describe.stdout
+        );
+        let body = serde_json::json!({ "service": self.service }).to_string();
+        let health = self
+            .run(&["-d", &body], &["grpc.health.v1.Health/Check"])
+            .await;
+        assert!(health.stdout.contains("\"SERVING\""), "{}", health.stdout);
+    }
+
     /// Calls `method` with a JSON body and returns the JSON response.
     ///
     /// # Panics
