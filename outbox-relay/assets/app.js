@@ -657,7 +657,7 @@
   }
 
   function eventStatus(e) {
-    if (e.published_at) return { text: 'published', kind: 'ok' };
+    if (e.published) return { text: 'published', kind: 'ok' };
     if (e.parked_at) return { text: 'parked', kind: 'danger' };
     if (e.attempts > 0) return { text: 'retrying', kind: 'warn' };
     return { text: 'pending', kind: '' };
@@ -682,7 +682,7 @@
         el('td', { class: 'mono nowrap', title: e.aggregate_type, text: e.aggregate_id }),
         el('td', {}, el('span', { class: `badge ${status.kind}`, testid: `event-${e.id}-status`, text: status.text })),
         el('td', { class: 'num', text: fmtCount(e.attempts) }),
-        el('td', {}, timeCell(e.published_at)),
+        el('td', {}, timeCell(e.next_attempt_at)),
       );
       const open = () => openEvent(e.source || source, e.id);
       row.addEventListener('click', open);
@@ -717,7 +717,7 @@
     setText($('#event-detail-aggregate'), `${e.aggregate_type} ${e.aggregate_id}`);
     $('#event-detail-status').replaceChildren(badge(status.text, status.kind));
     setText($('#event-detail-created'), fmtTime(e.created_at));
-    setText($('#event-detail-published'), e.published_at ? fmtTime(e.published_at) : 'not yet');
+    setText($('#event-detail-published'), e.published ? 'yes' : 'not yet');
     setText($('#event-detail-attempts'), fmtCount(e.attempts));
     setText($('#event-detail-next'), e.next_attempt_at ? fmtTime(e.next_attempt_at) : '—');
     setText($('#event-detail-parked'), e.parked_at ? fmtTime(e.parked_at) : '—');
@@ -725,7 +725,7 @@
     setText($('#event-detail-payload'), json(e.payload));
     setText($('#event-detail-headers'), json(e.headers === undefined ? {} : e.headers));
     $('#event-unpark').hidden = !e.parked_at;
-    $('#event-replay').hidden = !e.published_at;
+    $('#event-replay').hidden = !e.published;
     $('#event-aggregate-link').href = `#/events?source=${enc(e.source)}&aggregate_id=${enc(e.aggregate_id)}`;
     $('#event-detail').hidden = false;
     $('#events-table').closest('.split').classList.add('with-detail');

@@ -14,7 +14,7 @@
 //! | `RELAY_PUBLISH_TIMEOUT` | `10s` | wait for broker confirms before reconnecting |
 //! | `RELAY_MAX_ATTEMPTS` | `10` | failed publishes (nack, unroutable) before an event is parked |
 //! | `RELAY_RETRY_BASE` / `RELAY_RETRY_MAX` | `1s` / `5m` | exponential backoff between attempts |
-//! | `RELAY_RETENTION` | `168h` | published rows are deleted after this |
+//! | `RELAY_RETENTION` | `168h` | published events are deleted this long after they were written |
 //! | `RELAY_LAG_UNHEALTHY` | `60s` | `/healthz` fails when the oldest pending event is older |
 
 use std::{net::SocketAddr, time::Duration};

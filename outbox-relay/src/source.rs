@@ -465,11 +465,15 @@ impl Source {
         while !*shutdown.borrow() {
             let result = async {
                 let mut total = 0;
+                let mut after = 0;
                 loop {
                     let mut conn = self.pool.get().await?;
-                    let n = relay::delete_published(&mut conn, self.relay.retention, BATCH).await?;
-                    total += n;
-                    if (n as i64) < BATCH || *shutdown.borrow() {
+                    let step =
+                        relay::delete_published(&mut conn, self.relay.retention, after, BATCH)
+                            .await?;
+                    total += step.deleted;
+                    after = step.last_seq;
+                    if step.done || *shutdown.borrow() {
                         return anyhow::Ok(total);
                     }
                 }
@@ -491,13 +495,15 @@ impl Source {
 
 type Rejected = Vec<(Uuid, &'static str, String)>;
 
-fn split(events: &[PendingEvent], outcomes: Vec<Outcome>) -> (Vec<Uuid>, Rejected, usize) {
+/// Confirmed events (by `seq`), rejected ones (by id, with the reason), and
+/// how many the broker never answered for.
+fn split(events: &[PendingEvent], outcomes: Vec<Outcome>) -> (Vec<i64>, Rejected, usize) {
     let mut confirmed = Vec::new();
     let mut rejected = Vec::new();
     let mut unconfirmed = 0;
     for (event, outcome) in events.iter().zip(outcomes) {
         match outcome {
-            Outcome::Confirmed => confirmed.push(event.id),
+            Outcome::Confirmed => confirmed.push(event.seq),
             Outcome::Rejected { reason, error } => rejected.push((event.id, reason, error)),
             Outcome::Unconfirmed => unconfirmed += 1,
         }

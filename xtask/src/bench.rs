@@ -247,7 +247,7 @@ fn drop_database() -> Result<()> {
 fn set_notify_trigger(enabled: bool) -> Result<()> {
     let action = if enabled { "ENABLE" } else { "DISABLE" };
     psql(
-        &format!("ALTER TABLE outbox {action} TRIGGER outbox_notify"),
+        &format!("ALTER TABLE outbox {action} TRIGGER outbox_enqueue"),
         DB,
     )
 }
@@ -406,7 +406,7 @@ fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Re
     )?;
     writeln!(
         s,
-        "Each client level runs {ROUNDS} rounds of pgbench then the load generator, {duration} s each, alternating so both sides see the same machine conditions (this machine's disk latency drifts by minutes); the table gives medians, and the ratio is the median of the rounds' ratios, listed in parentheses. Then pgbench runs once with the outbox trigger disabled (the trigger notifies only while a relay waits; none runs here, so it costs one shared advisory lock and one lookup). All on one database. pgbench sends the statements the service sends for a two-line order (INSERT order, INSERT lines, INSERT outbox row with a ~600-byte CloudEvents body, in one transaction; prepared statements). The load generator is closed-loop: each client sends the next CreateOrder when the previous one returns; latencies exclude a 3 s warm-up per round. The service runs with `DATABASE_POOL_SIZE=32`.\n"
+        "Each client level runs {ROUNDS} rounds of pgbench then the load generator, {duration} s each, alternating so both sides see the same machine conditions (this machine's disk latency drifts by minutes); the table gives medians, and the ratio is the median of the rounds' ratios, listed in parentheses. Then pgbench runs once with the outbox trigger disabled (the trigger copies the event's key into `outbox_pending` and notifies only while a relay waits; none runs here, so the notify part costs one shared advisory lock and one lookup). All on one database. pgbench sends the statements the service sends for a two-line order (INSERT order, INSERT lines, INSERT outbox row with a ~600-byte CloudEvents body, in one transaction; prepared statements). The load generator is closed-loop: each client sends the next CreateOrder when the previous one returns; latencies exclude a 3 s warm-up per round. The service runs with `DATABASE_POOL_SIZE=32`.\n"
     )?;
     writeln!(
         s,

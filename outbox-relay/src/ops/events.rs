@@ -9,9 +9,13 @@ use uuid::Uuid;
 
 use super::{Actor, Ops, OpsError, OpsResult, json_value};
 
-/// The columns an event is shown with (without payload and headers).
-const EVENT_COLUMNS: &str = "id, seq, aggregate_type, aggregate_id, event_type, created_at, \
-     published_at, attempts, last_error, parked_at, next_attempt_at";
+/// The columns an event is shown with (without payload and headers), from
+/// `outbox o` joined with its pending state `p` (none once published).
+const EVENT_COLUMNS: &str = "o.id, o.seq, o.aggregate_type, o.aggregate_id, o.event_type, \
+     o.created_at, p.seq IS NULL AS published, coalesce(p.attempts, 0) AS attempts, \
+     p.last_error, p.parked_at, p.next_attempt_at";
+/// An event with its pending state.
+const EVENT_FROM: &str = "outbox o LEFT JOIN outbox_pending p ON p.seq = o.seq";
 
 /// Filters of the event browser; all optional but the source.
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -100,18 +104,18 @@ impl Ops {
         let before = int_field("before_seq", q.before_seq.as_ref(), 1..=i64::MAX)?;
         let sql = format!(
             "SELECT coalesce(json_agg(e ORDER BY e.seq DESC), '[]')::text AS json FROM (
-                 SELECT {EVENT_COLUMNS} FROM outbox
-                 WHERE ($1::uuid IS NULL OR id = $1)
-                   AND ($2::uuid IS NULL OR aggregate_id = $2)
-                   AND ($3::text IS NULL OR event_type = $3)
-                   AND ($4::timestamptz IS NULL OR created_at >= $4)
-                   AND ($5::timestamptz IS NULL OR created_at < $5)
+                 SELECT {EVENT_COLUMNS} FROM {EVENT_FROM}
+                 WHERE ($1::uuid IS NULL OR o.id = $1)
+                   AND ($2::uuid IS NULL OR o.aggregate_id = $2)
+                   AND ($3::text IS NULL OR o.event_type = $3)
+                   AND ($4::timestamptz IS NULL OR o.created_at >= $4)
+                   AND ($5::timestamptz IS NULL OR o.created_at < $5)
                    AND ($6::text IS NULL
-                        OR ($6 = 'pending' AND published_at IS NULL AND parked_at IS NULL)
-                        OR ($6 = 'published' AND published_at IS NOT NULL)
-                        OR ($6 = 'parked' AND parked_at IS NOT NULL AND published_at IS NULL))
-                   AND ($7::bigint IS NULL OR seq < $7)
-                 ORDER BY seq DESC LIMIT $8) e"
+                        OR ($6 = 'pending' AND p.seq IS NOT NULL AND p.parked_at IS NULL)
+                        OR ($6 = 'published' AND p.seq IS NULL)
+                        OR ($6 = 'parked' AND p.parked_at IS NOT NULL))
+                   AND ($7::bigint IS NULL OR o.seq < $7)
+                 ORDER BY o.seq DESC LIMIT $8) e"
         );
         let mut conn = source.pool.get().await?;
         let events = json_value(
@@ -153,7 +157,8 @@ impl Ops {
             &mut conn,
             diesel::sql_query(format!(
                 "SELECT coalesce((SELECT row_to_json(e)::text FROM (
-                     SELECT {EVENT_COLUMNS}, payload, headers FROM outbox WHERE id = $1) e), 'null') AS json"
+                     SELECT {EVENT_COLUMNS}, o.payload, o.headers FROM {EVENT_FROM} WHERE o.id = $1) e),
+                     'null') AS json"
             ))
             .bind::<diesel::sql_types::Uuid, _>(id),
         )
@@ -186,9 +191,8 @@ impl Ops {
             &mut conn,
             diesel::sql_query(
                 "WITH u AS (
-                     UPDATE outbox SET parked_at = NULL, attempts = 0, next_attempt_at = NULL
-                     WHERE parked_at IS NOT NULL AND published_at IS NULL
-                       AND ($1::uuid[] IS NULL OR id = ANY($1))
+                     UPDATE outbox_pending SET parked_at = NULL, attempts = 0, next_attempt_at = NULL
+                     WHERE parked_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1))
                      RETURNING id),
                  s AS (SELECT count(*)::int AS n, coalesce(jsonb_agg(id), '[]') AS ids FROM u),
                  a AS (INSERT INTO outbox_audit (by, action, target, count, detail)
@@ -295,13 +299,14 @@ impl Ops {
             &mut conn,
             diesel::sql_query(
                 "WITH r AS (
-                     UPDATE outbox SET published_at = NULL, attempts = 0, last_error = NULL,
-                         next_attempt_at = NULL, parked_at = NULL
-                     WHERE published_at IS NOT NULL
-                       AND ($1::uuid[] IS NULL OR id = ANY($1))
-                       AND ($2::uuid IS NULL OR aggregate_id = $2)
-                       AND ($3::timestamptz IS NULL OR created_at >= $3)
-                       AND ($4::timestamptz IS NULL OR created_at < $4)
+                     INSERT INTO outbox_pending (seq, id, aggregate_id, partition, created_at)
+                     SELECT o.seq, o.id, o.aggregate_id, o.partition, o.created_at FROM outbox o
+                     WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq)
+                       AND ($1::uuid[] IS NULL OR o.id = ANY($1))
+                       AND ($2::uuid IS NULL OR o.aggregate_id = $2)
+                       AND ($3::timestamptz IS NULL OR o.created_at >= $3)
+                       AND ($4::timestamptz IS NULL OR o.created_at < $4)
+                     ON CONFLICT (seq) DO NOTHING
                      RETURNING id),
                  s AS (SELECT count(*)::int AS n,
                               coalesce((SELECT jsonb_agg(id) FROM (SELECT id FROM r LIMIT 1000) x), '[]') AS ids

@@ -331,9 +331,7 @@ async fn replay_pause_and_dead_letters_through_the_api_and_the_cli() {
     )
     .await;
     assert_eq!(
-        world
-            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .await,
+        world.scalar("SELECT count(*) FROM outbox_pending").await,
         1,
         "nothing is published while paused"
     );

@@ -299,12 +299,7 @@ pub async fn assert_all_delivered_in_order(
     orderflow_testkit::wait_until(
         "every event is marked published",
         Duration::from_secs(30),
-        || async {
-            world
-                .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-                .await
-                == 0
-        },
+        || async { world.scalar("SELECT count(*) FROM outbox_pending").await == 0 },
     )
     .await;
     let (by_agg, duplicates) = first_seen_by_aggregate(&consumer.snapshot());

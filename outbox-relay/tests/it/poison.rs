@@ -31,7 +31,7 @@ async fn a_nacked_event_is_parked_and_blocks_only_its_own_aggregate() {
         Duration::from_secs(20),
         || async {
             world
-                .scalar("SELECT count(*) FROM outbox WHERE parked_at IS NOT NULL")
+                .scalar("SELECT count(*) FROM outbox_pending WHERE parked_at IS NOT NULL")
                 .await
                 == 1
         },
@@ -39,7 +39,7 @@ async fn a_nacked_event_is_parked_and_blocks_only_its_own_aggregate() {
     .await;
     let row = client
         .query_one(
-            "SELECT attempts, last_error FROM outbox WHERE parked_at IS NOT NULL",
+            "SELECT attempts, last_error FROM outbox_pending WHERE parked_at IS NOT NULL",
             &[],
         )
         .await
@@ -58,12 +58,7 @@ async fn a_nacked_event_is_parked_and_blocks_only_its_own_aggregate() {
             .all(|m| m.body["agg"] == healthy.to_string()),
         "{received:?}"
     );
-    assert_eq!(
-        world
-            .scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .await,
-        2
-    );
+    assert_eq!(world.scalar("SELECT count(*) FROM outbox_pending").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -84,8 +79,7 @@ async fn an_event_nobody_subscribes_to_is_kept_in_the_unrouted_queue_not_parked(
     assert_eq!(
         world
             .scalar(
-                "SELECT count(*) FROM outbox WHERE published_at IS NOT NULL AND attempts = 0 \
-                 AND parked_at IS NULL"
+                "SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq)"
             )
             .await,
         2

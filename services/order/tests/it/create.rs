@@ -52,7 +52,8 @@ async fn create_writes_the_order_its_lines_and_one_order_placed_event() {
         pending: bool,
     }
     let rows: Vec<Row> = diesel::sql_query(
-        "SELECT id, aggregate_id, event_type, payload, headers, published_at IS NULL AS pending FROM outbox",
+        "SELECT o.id, o.aggregate_id, o.event_type, o.payload, o.headers, p.seq IS NOT NULL AS pending
+         FROM outbox o LEFT JOIN outbox_pending p ON p.seq = o.seq",
     )
     .load(&mut app.sql().await)
     .await

@@ -17,13 +17,8 @@ pub mod schema {
             payload -> Jsonb,
             headers -> Jsonb,
             created_at -> Timestamptz,
-            published_at -> Nullable<Timestamptz>,
-            attempts -> Int4,
-            last_error -> Nullable<Text>,
             seq -> Int8,
             partition -> Int2,
-            next_attempt_at -> Nullable<Timestamptz>,
-            parked_at -> Nullable<Timestamptz>,
         }
     }
 }

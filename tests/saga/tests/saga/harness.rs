@@ -816,7 +816,8 @@ impl System {
             for row in self
                 .sql(svc)
                 .query(
-                    "SELECT id, event_type, published_at IS NOT NULL FROM outbox ORDER BY seq",
+                    "SELECT o.id, o.event_type, p.seq IS NULL \
+                     FROM outbox o LEFT JOIN outbox_pending p ON p.seq = o.seq ORDER BY o.seq",
                     &[],
                 )
                 .await
@@ -853,12 +854,11 @@ impl System {
             let row = self
                 .sql(svc)
                 .query_one(
-                    "SELECT count(*) FILTER (WHERE published_at IS NULL), \
+                    "SELECT count(*), \
                             count(*) FILTER (WHERE parked_at IS NOT NULL), \
-                            count(*) FILTER (WHERE published_at IS NULL AND attempts > 0), \
-                            coalesce(string_agg(DISTINCT last_error, ' | ') \
-                                FILTER (WHERE published_at IS NULL), '') \
-                     FROM outbox",
+                            count(*) FILTER (WHERE attempts > 0), \
+                            coalesce(string_agg(DISTINCT last_error, ' | '), '') \
+                     FROM outbox_pending",
                     &[],
                 )
                 .await;
@@ -1028,7 +1028,9 @@ impl System {
                 .sql(svc)
                 .query(
                     "SELECT id, event_type, payload::text, headers->>'traceparent' \
-                     FROM outbox WHERE published_at IS NOT NULL ORDER BY seq",
+                     FROM outbox o \
+                     WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq) \
+                     ORDER BY seq",
                     &[],
                 )
                 .await
