@@ -66,6 +66,7 @@ pub async fn run(
             wait_timeout: std::time::Duration::from_secs(5),
             statement_timeout: std::time::Duration::from_secs(30),
             application_name: format!("outbox-relay/{}", source.name),
+            settings: orderflow_outbox::relay::SESSION_SETTINGS,
         })?;
         pool_metrics = pool_metrics.with(&[("source", &source.name)], pool.clone());
         pools.push(pool);

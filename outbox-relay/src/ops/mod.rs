@@ -78,6 +78,7 @@ impl Ops {
                         wait_timeout: std::time::Duration::from_secs(5),
                         statement_timeout: std::time::Duration::from_secs(30),
                         application_name: format!("outbox-relay/ops/{}", s.name),
+                        settings: &[],
                     })?,
                     database: orderflow_db::redact(&s.database_url),
                 })

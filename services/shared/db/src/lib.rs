@@ -39,6 +39,8 @@ pub struct PoolConfig {
     pub wait_timeout: Duration,
     pub statement_timeout: Duration,
     pub application_name: String,
+    /// More session settings, `(name, value)`, set on every connection.
+    pub settings: &'static [(&'static str, &'static str)],
 }
 
 /// A lazily connecting pool.
@@ -46,11 +48,14 @@ pub struct PoolConfig {
 /// # Errors
 /// When the pool cannot be built (invalid settings); connecting happens later.
 pub fn build_pool(config: &PoolConfig) -> anyhow::Result<Pool> {
-    let settings = format!(
+    let mut settings = format!(
         "SET application_name = '{}'; SET statement_timeout = {}",
         config.application_name.replace('\'', ""),
         config.statement_timeout.as_millis()
     );
+    for (name, value) in config.settings {
+        settings.push_str(&format!("; SET {name} = '{}'", value.replace('\'', "")));
+    }
     let mut manager_config = ManagerConfig::<AsyncPgConnection>::default();
     // `Fast` skips a `SELECT 1` round trip per checkout; closed connections
     // are still detected (`is_closed`) and replaced.

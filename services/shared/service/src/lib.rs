@@ -81,6 +81,7 @@ impl<S: Service> Application<S> {
             wait_timeout: service.pool_timeout,
             statement_timeout: service.statement_timeout,
             application_name: format!("orderflow-{}", S::NAME),
+            settings: &[],
         })?;
         let pending = orderflow_db::pending_migrations(&service.database_url, S::MIGRATIONS)
             .await

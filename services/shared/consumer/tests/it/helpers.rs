@@ -233,6 +233,7 @@ pub fn pool(url: &str) -> Pool {
         wait_timeout: Duration::from_secs(2),
         statement_timeout: Duration::from_secs(30),
         application_name: "consumer-test".to_owned(),
+        settings: &[],
     })
     .unwrap()
 }
