@@ -81,7 +81,7 @@ async fn main() -> Result<()> {
         // Every round starts from an empty table, as the first does: the
         // previous rounds' published rows (and their dead index entries,
         // before autovacuum) would slow each round more than the last.
-        sql.batch_execute("TRUNCATE outbox").await?;
+        sql.batch_execute("TRUNCATE outbox, outbox_pending").await?;
         eprintln!("round {round}/{rounds} relay: inserting {events} outbox rows");
         insert_backlog(&sql, events).await?;
         received.clear();
@@ -106,7 +106,7 @@ async fn main() -> Result<()> {
     let relay_pid = relay.id().context("relay pid")?;
 
     // Published rows are what retention removes; start from a clean table.
-    sql.batch_execute("TRUNCATE outbox").await?;
+    sql.batch_execute("TRUNCATE outbox, outbox_pending").await?;
     eprintln!("latency: 1,000 events/s for 30 s");
     received.clear();
     let (achieved, p50, p90, p99, max) =
