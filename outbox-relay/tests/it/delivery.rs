@@ -57,12 +57,7 @@ async fn an_event_is_published_with_its_id_type_and_trace_then_marked() {
     orderflow_testkit::wait_until(
         "the event is marked published",
         Duration::from_secs(10),
-        || async {
-            world
-                .scalar("SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq)")
-                .await
-                == 1
-        },
+        || async { world.published().await == 1 },
     )
     .await;
     let (status, metrics) = relay.get("/metrics").await;
@@ -266,12 +261,7 @@ async fn published_rows_past_retention_are_deleted_and_pending_rows_kept() {
     orderflow_testkit::wait_until(
         "the published row is deleted",
         Duration::from_secs(20),
-        || async {
-            world
-                .scalar("SELECT count(*) FROM outbox o WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq)")
-                .await
-                == 0
-        },
+        || async { world.published().await == 0 },
     )
     .await;
     assert_eq!(world.scalar("SELECT count(*) FROM outbox_pending").await, 1);

@@ -47,6 +47,15 @@ impl World {
         self.sql().await.query_one(sql, &[]).await.unwrap().get(0)
     }
 
+    /// Events published (no longer in `outbox_pending`).
+    pub async fn published(&self) -> i64 {
+        self.scalar(
+            "SELECT count(*) FROM outbox o
+             WHERE NOT EXISTS (SELECT 1 FROM outbox_pending p WHERE p.seq = o.seq)",
+        )
+        .await
+    }
+
     /// Starts a relay process on this world; `env` overrides the test defaults.
     pub async fn relay(&self, env: &[(&str, &str)]) -> Relay {
         let mut cmd = Command::new(BIN);

@@ -25,7 +25,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use diesel::{
     OptionalExtension as _, QueryResult, QueryableByName,
-    sql_types::{Array, BigInt, Bool, Double, Integer, Nullable, SmallInt, Text, Timestamptz},
+    sql_types::{Array, BigInt, Bool, Double, Integer, SmallInt, Text, Timestamptz},
 };
 use diesel_async::{
     AsyncConnection as _, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection as _,
@@ -73,8 +73,6 @@ pub struct PendingEvent {
     pub created_at: DateTime<Utc>,
     #[diesel(sql_type = BigInt)]
     pub seq: i64,
-    #[diesel(sql_type = SmallInt)]
-    pub partition: i16,
 }
 
 #[derive(QueryableByName)]
@@ -137,7 +135,7 @@ pub async fn claim_heads(
     let ids: Vec<Uuid> = heads.iter().map(|c| c.id).collect();
     let mut events: Vec<PendingEvent> = diesel::sql_query(
         "SELECT id, aggregate_id, event_type, payload::text AS payload, headers::text AS headers,
-                created_at, seq, partition
+                created_at, seq
          FROM outbox WHERE id = ANY($1)",
     )
     .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
@@ -278,21 +276,6 @@ pub async fn record_failures(
     .bind::<Double, _>(policy.base.as_secs_f64())
     .bind::<Double, _>(policy.max.as_secs_f64())
     .bind::<Integer, _>(policy.max_attempts)
-    .execute(conn)
-    .await
-}
-
-/// Puts parked events (all, or those listed) back in line: attempts reset,
-/// due now. The operator's "retry" for a poison event.
-///
-/// # Errors
-/// Database errors.
-pub async fn unpark(conn: &mut AsyncPgConnection, ids: Option<&[Uuid]>) -> QueryResult<usize> {
-    diesel::sql_query(
-        "UPDATE outbox_pending SET parked_at = NULL, attempts = 0, next_attempt_at = NULL
-         WHERE parked_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY($1))",
-    )
-    .bind::<Nullable<Array<diesel::sql_types::Uuid>>, _>(ids)
     .execute(conn)
     .await
 }
