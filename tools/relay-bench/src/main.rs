@@ -1,8 +1,9 @@
 //! `relay-bench <path to outbox-relay> [events] [rounds]` prints a Markdown report:
 //!
 //! 1. raw: the same messages published straight to RabbitMQ with lapin,
-//!    confirmed, in pipelined batches of 500 (what the relay does): the
-//!    broker's limit on this machine;
+//!    confirmed, in batches of 500 pipelined as the relay does (the next
+//!    batch is sent while two await their confirms): the broker's limit on
+//!    this machine;
 //! 2. relay: the release relay draining `events` pre-inserted outbox rows;
 //! 3. latency from COMMIT to delivery at a consumer, at a steady 1,000
 //!    events/s (one event per transaction, 8 writers);
@@ -37,6 +38,8 @@ use uuid::Uuid;
 mod cpu;
 
 const BATCH: usize = 500;
+/// The relay's default `RELAY_PIPELINE_DEPTH`, also used for raw publishing.
+const PIPELINE_DEPTH: usize = 2;
 /// About the size of an `order.placed` CloudEvent.
 const PAYLOAD_PAD: usize = 520;
 
@@ -127,7 +130,7 @@ async fn main() -> Result<()> {
             .join(", ")
     };
     println!(
-        "| raw lapin, confirmed, pipelined batches of {BATCH} ({events} messages, until the consumer has them all): median of {rounds} rounds ({}) | {:.0} msg/s |",
+        "| raw lapin, confirmed, batches of {BATCH} with {PIPELINE_DEPTH} awaiting confirms while the next is sent ({events} messages, until the consumer has them all): median of {rounds} rounds ({}) | {:.0} msg/s |",
         list(&raw_rates, 0),
         median(&raw_rates)
     );
@@ -263,7 +266,20 @@ async fn raw_publish(broker: &TestBroker, events: usize, received: &Received) ->
     let payload = body(&agg, 0);
     let started = Instant::now();
     let mut sent = 0;
-    while sent < events {
+    // Batches awaiting confirms, oldest first, as in the relay: after each
+    // send, settle the oldest until at most PIPELINE_DEPTH remain.
+    let mut in_flight: std::collections::VecDeque<Vec<orderflow_amqp::lapin::PublisherConfirm>> =
+        std::collections::VecDeque::new();
+    while sent < events || !in_flight.is_empty() {
+        if sent == events || in_flight.len() > PIPELINE_DEPTH {
+            let oldest: Vec<_> = in_flight.pop_front().unwrap_or_default();
+            for c in futures_util::future::join_all(oldest).await {
+                if !c?.is_ack() {
+                    bail!("raw publish was not acknowledged");
+                }
+            }
+            continue;
+        }
         let mut confirms = Vec::with_capacity(BATCH);
         for _ in 0..BATCH.min(events - sent) {
             let props = BasicProperties::default()
@@ -288,11 +304,7 @@ async fn raw_publish(broker: &TestBroker, events: usize, received: &Received) ->
             );
         }
         sent += confirms.len();
-        for c in futures_util::future::join_all(confirms).await {
-            if !c?.is_ack() {
-                bail!("raw publish was not acknowledged");
-            }
-        }
+        in_flight.push_back(confirms);
     }
     // Until the consumer has them all: the same end point as the relay's.
     received.wait_for(events, Duration::from_secs(300)).await?;
@@ -322,6 +334,7 @@ fn spawn_relay(bin: &str, db_url: &str, amqp_url: &str) -> Result<tokio::process
         .env("AMQP_URL", amqp_url)
         .env("RELAY_HTTP_ADDR", "127.0.0.1:0")
         .env("RELAY_BATCH_SIZE", BATCH.to_string())
+        .env("RELAY_PIPELINE_DEPTH", PIPELINE_DEPTH.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .kill_on_drop(true)

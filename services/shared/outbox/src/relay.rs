@@ -34,22 +34,30 @@ use uuid::Uuid;
 
 /// Session settings of the relay's connections to a source database.
 ///
-/// - No bitmap scans: `outbox_pending` swings from empty to a large backlog
-///   between two runs of autovacuum, and with the statistics of the empty
-///   table the planner chose a bitmap scan and a sort of the whole
-///   partition over the first rows of the index (measured at 200k pending
-///   rows: 80-170 ms per claim instead of 2 ms). A sequential scan is still
-///   costed by the table's real size, so it never wins there.
+/// Every query of the publish path reads a few rows through an index, but
+/// `outbox_pending` swings from empty to a large backlog between two runs of
+/// autovacuum, and the planner's statistics lag behind it:
+/// - No sequential or bitmap scans. Without column statistics (a new
+///   database's first burst) the planner took the failing-events index to
+///   cover a third of the table and looked for blocked aggregates with a
+///   parallel scan of the whole table: 20 ms per claim, the largest single
+///   cost of the relay in PostgreSQL (measured at 200k pending rows). With
+///   the statistics of the empty table it chose a bitmap scan and a sort of
+///   a whole partition over the first rows of the index (80-170 ms per claim
+///   instead of 2 ms). The backlog count of [`stats`], which has no index to
+///   use, still scans the table.
+/// - No parallel workers: starting one costs more than these queries.
 /// - No JIT: every query here is small, and a JIT compilation costs 100 ms
-///   or more (measured when sequential scans were disabled too, which
-///   inflates costs past `jit_above_cost`).
+///   or more (the disabled scans inflate plan costs past `jit_above_cost`).
 /// - Commits do not wait for their WAL flush: a mark or a failure count lost
 ///   in a database crash only means events are published again (duplicates,
 ///   which consumers drop), and not waiting keeps the pipeline moving. The
 ///   one write that must survive a crash, a partition lease, commits
 ///   synchronously ([`renew_leases`]).
 pub const SESSION_SETTINGS: &[(&str, &str)] = &[
+    ("enable_seqscan", "off"),
     ("enable_bitmapscan", "off"),
+    ("max_parallel_workers_per_gather", "0"),
     ("jit", "off"),
     ("synchronous_commit", "off"),
 ];
@@ -132,13 +140,14 @@ pub async fn claim_heads(
     if heads.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Uuid> = heads.iter().map(|c| c.id).collect();
+    // By `seq`: the heads are close together in that index and in the heap.
+    let seqs: Vec<i64> = heads.iter().map(|c| c.seq).collect();
     let mut events: Vec<PendingEvent> = diesel::sql_query(
         "SELECT id, aggregate_id, event_type, payload::text AS payload, headers::text AS headers,
                 created_at, seq
-         FROM outbox WHERE id = ANY($1)",
+         FROM outbox WHERE seq = ANY($1)",
     )
-    .bind::<Array<diesel::sql_types::Uuid>, _>(ids)
+    .bind::<Array<BigInt>, _>(seqs)
     .load(conn)
     .await?;
     if events.len() < heads.len() {
