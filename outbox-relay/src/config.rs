@@ -8,7 +8,7 @@
 //! | `RELAY_ADMIN_TOKEN` | none | the dashboard's token (at least 16 characters); without it the dashboard is off, and a non-loopback `RELAY_HTTP_ADDR` is refused |
 //! | `RELAY_RABBITMQ_MANAGEMENT_URL` | `http://<AMQP_URL's user:password@host>:15672` | RabbitMQ's management API, for queue depths and dead letters |
 //! | `RELAY_BATCH_SIZE` | `500` | events per publish batch (per source) |
-//! | `RELAY_PIPELINE_DEPTH` | `2` | batches awaiting confirms while the next is claimed and sent |
+//! | `RELAY_PIPELINE_DEPTH` | `2` | full batches of events that may await confirms while the next is claimed and sent |
 //! | `RELAY_POLL_INTERVAL` | `1s` | fallback when no NOTIFY arrives |
 //! | `RELAY_LEASE_TTL` | `10s` | a dead replica's partitions are taken over after this |
 //! | `RELAY_PUBLISH_TIMEOUT` | `10s` | wait for broker confirms before reconnecting |
@@ -49,8 +49,10 @@ pub struct RelayConfig {
     /// The vhost of `amqp_url`, where the consumer queues live.
     pub vhost: String,
     pub batch_size: usize,
-    /// Batches sent and awaiting confirms while the next is claimed
-    /// (`RELAY_PIPELINE_DEPTH`): keeps the broker busy during database work.
+    /// Full batches' worth of events that may await their confirms while
+    /// the next batch is claimed (`RELAY_PIPELINE_DEPTH`): keeps the broker
+    /// busy during database work. Only beyond it does the relay wait for the
+    /// broker, so small batches under a light load never wait.
     pub pipeline_depth: usize,
     pub poll_interval: Duration,
     pub lease_ttl: Duration,

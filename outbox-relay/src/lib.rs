@@ -114,6 +114,7 @@ pub async fn run(
             health: health.clone(),
             owner: owner.clone(),
             rates: rates.clone(),
+            published_since_vacuum: Default::default(),
         });
         tasks.push(tokio::spawn(source.run(stop_rx.clone())));
     }

@@ -143,7 +143,9 @@ impl Publisher {
         }
         Ok(InFlight {
             events,
-            confirms,
+            sent: confirms.len(),
+            confirms: Box::pin(futures_util::future::join_all(confirms)),
+            answers: None,
             started: std::time::Instant::now(),
             traces,
         })
@@ -151,18 +153,21 @@ impl Publisher {
 
     /// Waits for the broker's verdict on every event of `batch`, in order.
     /// Drops the connection when any stays unconfirmed.
-    pub async fn settle(&mut self, batch: InFlight) -> (Vec<PendingEvent>, Vec<Outcome>, Duration) {
+    pub async fn settle(
+        &mut self,
+        mut batch: InFlight,
+    ) -> (Vec<PendingEvent>, Vec<Outcome>, Duration) {
+        let answered = tokio::time::timeout(self.timeout, batch.answered()).await;
         let InFlight {
             events,
-            confirms,
+            sent,
+            answers,
             started,
             traces,
+            ..
         } = batch;
-        let sent = confirms.len();
-        let results =
-            tokio::time::timeout(self.timeout, futures_util::future::join_all(confirms)).await;
-        let mut outcomes = match results {
-            Ok(results) => results
+        let mut outcomes = match (answered, answers) {
+            (Ok(()), Some(results)) => results
                 .into_iter()
                 .map(|r| match r {
                     Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
@@ -179,7 +184,7 @@ impl Publisher {
                     Ok(Confirmation::NotRequested) | Err(_) => Outcome::Unconfirmed,
                 })
                 .collect(),
-            Err(_) => {
+            _ => {
                 tracing::warn!(source = %self.service, timeout = ?self.timeout, "confirms timed out; reconnecting");
                 vec![Outcome::Unconfirmed; sent]
             }
@@ -193,19 +198,52 @@ impl Publisher {
     }
 }
 
+type Answers = Vec<lapin::Result<Confirmation>>;
+
 /// A batch sent to the broker whose confirms are outstanding.
 pub struct InFlight {
     events: Vec<PendingEvent>,
-    confirms: Vec<lapin::PublisherConfirm>,
+    /// Events actually handed to the channel (fewer when a publish failed).
+    sent: usize,
+    confirms: std::pin::Pin<Box<futures_util::future::JoinAll<lapin::PublisherConfirm>>>,
+    /// The broker's answers, once all have arrived.
+    answers: Option<Answers>,
     started: std::time::Instant,
     traces: Traces,
 }
 
 impl InFlight {
+    /// Resolves when the broker has answered for every event sent. Safe to
+    /// drop and call again (the relay waits for it beside other wake-ups).
+    pub async fn answered(&mut self) {
+        if self.answers.is_none() {
+            self.answers = Some((&mut self.confirms).await);
+        }
+    }
+
+    /// Whether the broker has answered for every event sent, without waiting.
+    pub fn is_answered(&mut self) -> bool {
+        use futures_util::FutureExt as _;
+        if self.answers.is_none() {
+            self.answers = (&mut self.confirms).now_or_never();
+        }
+        self.answers.is_some()
+    }
+
+    /// Events in the batch (never empty: empty claims are not sent).
+    pub fn events(&self) -> usize {
+        self.events.len()
+    }
+
     /// The batch's span (none when spans are not exported): what settling
     /// the batch does (marking rows published) belongs to it.
     pub fn span(&self) -> tracing::Span {
         self.traces.batch.clone()
+    }
+
+    /// The outbox `seq` of each event of this batch.
+    pub fn seqs(&self) -> impl Iterator<Item = i64> + '_ {
+        self.events.iter().map(|e| e.seq)
     }
 
     /// The aggregates of this batch: the next batch must not contain them.

@@ -304,27 +304,35 @@ async fn scenario(world: &World, page: &Page) {
     page.screenshot("overview-queues").await;
     page.click(&format!("queue-{WORK_QUEUE}-dlq-messages"))
         .await;
-    page.until("the dead letters are listed", || async {
-        page.refresh_dlq_unless(&format!("dlq-retry-{discarded}"))
-            .await;
-        let retry = page.all(&sel(&format!("dlq-retry-{retried}"))).await;
-        let discard = page.all(&sel(&format!("dlq-discard-{discarded}"))).await;
-        ok_if(
-            !retry.is_empty() && !discard.is_empty(),
-            "not both listed yet",
-        )
-    })
+    // The row is read in the same look as the buttons: a refresh clicked
+    // here re-renders the list, and a read after the wait could fall
+    // between two renders.
+    page.until(
+        "the dead letters are listed, the retried one with its type, reason and handler",
+        || async {
+            page.refresh_dlq_unless(&format!("dlq-retry-{discarded}"))
+                .await;
+            let retry = page.all(&sel(&format!("dlq-retry-{retried}"))).await;
+            let discard = page.all(&sel(&format!("dlq-discard-{discarded}"))).await;
+            let row = page
+                .text(&sel(&format!("dlq-msg-{retried}")))
+                .await
+                .unwrap_or_default();
+            let missing: Vec<&str> = [EVENT_TYPE, "missing field", "malformed", HANDLER]
+                .into_iter()
+                .filter(|shown| !row.contains(shown))
+                .collect();
+            ok_if(
+                !retry.is_empty() && !discard.is_empty() && missing.is_empty(),
+                format!(
+                    "buttons listed: retry {}, discard {}; row {row:?} lacks {missing:?}",
+                    !retry.is_empty(),
+                    !discard.is_empty()
+                ),
+            )
+        },
+    )
     .await;
-    let row = page
-        .text(&sel(&format!("dlq-msg-{retried}")))
-        .await
-        .unwrap_or_default();
-    for shown in [EVENT_TYPE, "missing field", "malformed", HANDLER] {
-        assert!(
-            row.contains(shown),
-            "the dead letter's row shows {shown}: {row}"
-        );
-    }
     page.screenshot("dlq").await;
 
     page.click(&format!("dlq-retry-{retried}")).await;
