@@ -16,6 +16,7 @@
 //! | `RELAY_RETRY_BASE` / `RELAY_RETRY_MAX` | `1s` / `5m` | exponential backoff between attempts |
 //! | `RELAY_RETENTION` | `168h` | published events are deleted this long after they were written |
 //! | `RELAY_LAG_UNHEALTHY` | `60s` | `/healthz` fails when the oldest pending event is older |
+//! | `RELAY_VACUUM_EVERY` | `20000` | events a replica publishes between its own vacuums of `outbox_pending`; `0`: leave it to autovacuum |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -60,6 +61,9 @@ pub struct RelayConfig {
     pub retry: RetryPolicy,
     pub retention: Duration,
     pub lag_unhealthy: Duration,
+    /// Events published between two vacuums of `outbox_pending` by this
+    /// replica (`RELAY_VACUUM_EVERY`); 0 leaves it to autovacuum.
+    pub vacuum_every: u64,
 }
 
 impl RelayConfig {
@@ -91,6 +95,7 @@ impl RelayConfig {
             },
             retention: duration_or(src, "RELAY_RETENTION", Duration::from_secs(168 * 3600))?,
             lag_unhealthy: duration_or(src, "RELAY_LAG_UNHEALTHY", Duration::from_secs(60))?,
+            vacuum_every: in_range_or(src, "RELAY_VACUUM_EVERY", 20_000, 0..=u64::MAX)?,
         })
     }
 }

@@ -151,13 +151,15 @@ impl Publisher {
         })
     }
 
-    /// Waits for the broker's verdict on every event of `batch`, in order.
-    /// Drops the connection when any stays unconfirmed.
+    /// Waits for the broker's verdict on every event of `batch`, in order,
+    /// until its deadline (the publish timeout after it was sent). Drops the
+    /// connection when any stays unconfirmed.
     pub async fn settle(
         &mut self,
         mut batch: InFlight,
     ) -> (Vec<PendingEvent>, Vec<Outcome>, Duration) {
-        let answered = tokio::time::timeout(self.timeout, batch.answered()).await;
+        let answered =
+            tokio::time::timeout_at(batch.deadline(self.timeout), batch.answered()).await;
         let InFlight {
             events,
             sent,
@@ -219,6 +221,12 @@ impl InFlight {
         if self.answers.is_none() {
             self.answers = Some((&mut self.confirms).await);
         }
+    }
+
+    /// When the broker's answers are due: `timeout` after the send. Past
+    /// it, settling the batch counts what is unanswered as unconfirmed.
+    pub fn deadline(&self, timeout: Duration) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + timeout)
     }
 
     /// Whether the broker has answered for every event sent, without waiting.

@@ -60,12 +60,6 @@ enum Waiting {
 /// find many aggregates' heads.
 const WINDOW_PER_PARTITION: i64 = 64;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// Published (deleted) pending entries after which the relay vacuums
-/// `outbox_pending` itself. Every claim walks the index entries of deleted
-/// rows at the head of each partition until a vacuum removes them, and
-/// autovacuum looks only once a minute: at 10,000 events/s the window read
-/// grew from 1 to 5 ms per claim within one drain (measured).
-const VACUUM_AFTER: u64 = 20_000;
 /// How often the pause switch is read.
 const CONTROL_CHECK: Duration = Duration::from_secs(1);
 
@@ -216,10 +210,15 @@ impl Source {
                 }
             }
             idle_polls += 1;
-            // Unanswered batches end the pause too: settling them is work.
+            // The oldest batch's answers (or its deadline) end the pause too:
+            // settling it is work.
+            let timeout = self.relay.publish_timeout;
             let answered = async {
                 match in_flight.front_mut() {
-                    Some(oldest) => oldest.answered().await,
+                    Some(oldest) => {
+                        let deadline = oldest.deadline(timeout);
+                        let _ = tokio::time::timeout_at(deadline, oldest.answered()).await;
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -291,7 +290,8 @@ impl Source {
 
     /// One round of the pipeline: claim the next heads (skipping aggregates
     /// still awaiting a confirm) and send them, then settle (mark, or record
-    /// failures) the oldest batches the broker has answered. It waits for
+    /// failures) the oldest batches the broker has answered or whose
+    /// confirms are overdue (they count as unconfirmed). It waits for
     /// the broker only while more than `pipeline_depth` full batches of
     /// events are unanswered, so under a light load a new event is sent at
     /// once instead of after the confirms of the events before it. Returns
@@ -336,10 +336,12 @@ impl Source {
         let capacity = self.relay.pipeline_depth * self.relay.batch_size;
         let mut unanswered: usize = in_flight.iter().map(InFlight::events).sum();
         let mut settled = 0;
-        while in_flight
-            .front_mut()
-            .is_some_and(|oldest| unanswered > capacity || oldest.is_answered())
-        {
+        let now = tokio::time::Instant::now();
+        while in_flight.front_mut().is_some_and(|oldest| {
+            unanswered > capacity
+                || oldest.is_answered()
+                || oldest.deadline(self.relay.publish_timeout) <= now
+        }) {
             let Some(oldest) = in_flight.pop_front() else {
                 break;
             };
@@ -443,14 +445,18 @@ impl Source {
         Err(forward.await)
     }
 
-    /// Backlog metrics and health, every two seconds; and the pending
-    /// table's vacuum while events are published faster than autovacuum
-    /// comes round (see [`VACUUM_AFTER`]).
+    /// Backlog metrics and health, every two seconds; and a vacuum of the
+    /// pending table after every `vacuum_every` published events. Every
+    /// claim walks the index entries of deleted rows at the head of each
+    /// partition until a vacuum removes them, and autovacuum looks only once
+    /// a minute: at 10,000 events/s the window read grew from 1 to 5 ms per
+    /// claim within one drain (measured).
     async fn watch_stats(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let name = self.config.name.clone();
         let labels = source_labels(&name);
         while !*shutdown.borrow() {
-            if self.published_since_vacuum.load(Ordering::Relaxed) >= VACUUM_AFTER {
+            let every = self.relay.vacuum_every;
+            if every > 0 && self.published_since_vacuum.load(Ordering::Relaxed) >= every {
                 self.published_since_vacuum.store(0, Ordering::Relaxed);
                 let vacuumed = async {
                     let mut conn = self.pool.get().await?;

@@ -227,6 +227,30 @@ async fn writers_do_not_notify_while_no_relay_waits() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_relay_vacuums_the_pending_table_after_every_n_published_events() {
+    let world = World::new().await;
+    let consumer = Consumer::start(&world.broker, &["test.ok"]).await;
+    let vacuums = || {
+        world
+            .scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'outbox_pending'")
+    };
+    assert_eq!(vacuums().await, 0);
+    let _relay = world.relay(&[("RELAY_VACUUM_EVERY", "100")]).await;
+    let client = world.sql().await;
+    let events: Vec<(Uuid, i32)> = (0..300).map(|_| (Uuid::new_v4(), 0)).collect();
+    insert(&client, &events, "test.ok").await;
+    consumer.wait_for(300, Duration::from_secs(30)).await;
+    // `vacuum_count` counts VACUUM commands, not autovacuum's runs.
+    orderflow_testkit::wait_until(
+        "the relay vacuumed outbox_pending",
+        Duration::from_secs(20),
+        || async { vacuums().await >= 1 },
+    )
+    .await;
+    assert_eq!(world.published().await, 300);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn published_rows_past_retention_are_deleted_and_pending_rows_kept() {
     let world = World::new().await;
     let consumer = Consumer::start(&world.broker, &["test.ok"]).await;

@@ -21,14 +21,31 @@ fn group(comm: &str, pid: u32, relay: Option<u32>) -> Option<&'static str> {
     } else if comm == "beam.smp" {
         Some("rabbitmq")
     } else if comm == "postgres" {
-        Some("postgres")
+        // The process title tells client backends from the server's own
+        // processes (WAL writer, checkpointer, autovacuum...).
+        let title = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let background = [
+            "writer",
+            "checkpointer",
+            "autovacuum",
+            "launcher",
+            "collector",
+        ]
+        .iter()
+        .any(|w| title.contains(w));
+        Some(if background {
+            "postgres (background)"
+        } else {
+            "postgres"
+        })
     } else {
         None
     }
 }
 
-/// Postgres backends that exit during a phase take their CPU with them: the
-/// phases measured here keep their connections open until after the sample.
+/// Postgres processes that exit during a phase take their CPU with them:
+/// the phases measured here keep their connections open until after the
+/// sample, but an autovacuum worker that ends within a phase is not counted.
 pub fn sample(relay: Option<u32>) -> CpuSample {
     let mut by_group = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {

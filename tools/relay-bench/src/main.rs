@@ -55,7 +55,7 @@ async fn main() -> Result<()> {
         .context("events must be a number")?;
     let rounds: usize = args
         .next()
-        .map_or(Ok(3), |n| n.parse())
+        .map_or(Ok(5), |n| n.parse())
         .context("rounds must be a number")?;
 
     let broker = TestBroker::new();
@@ -287,7 +287,9 @@ async fn raw_publish(broker: &TestBroker, events: usize, received: &Received) ->
                 .with_type("bench.happened".into())
                 .with_content_type("application/cloudevents+json".into())
                 .with_delivery_mode(2)
-                .with_timestamp(0);
+                .with_timestamp(0)
+                .with_app_id("orderflow-order".into())
+                .with_headers(FieldTable::default());
             confirms.push(
                 channel
                     .basic_publish(
