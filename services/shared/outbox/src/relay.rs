@@ -89,14 +89,6 @@ pub struct PendingEvent {
     pub seq: i64,
 }
 
-#[derive(QueryableByName)]
-struct Blocked {
-    #[diesel(sql_type = diesel::sql_types::Uuid)]
-    aggregate_id: Uuid,
-    #[diesel(sql_type = BigInt)]
-    seq: i64,
-}
-
 /// Events sent and not yet confirmed: [`claim_heads`] skips them and their
 /// aggregates.
 #[derive(Debug, Default)]
@@ -122,35 +114,35 @@ pub async fn claim_heads(
     limit: usize,
     in_flight: &InFlight,
 ) -> QueryResult<Vec<PendingEvent>> {
-    let blocked: HashMap<Uuid, i64> = diesel::sql_query(
-        "SELECT aggregate_id, min(seq) AS seq FROM outbox_pending
-         WHERE (attempts > 0 OR parked_at IS NOT NULL) AND partition = ANY($1)
-         GROUP BY aggregate_id",
-    )
-    .bind::<Array<SmallInt>, _>(partitions)
-    .load::<Blocked>(conn)
-    .await?
-    .into_iter()
-    .map(|b| (b.aggregate_id, b.seq))
-    .collect();
-
-    // Narrow first: the window holds several times more rows than a batch
-    // (in-flight and non-head rows), so bodies are read only for the heads.
-    let window_rows: Vec<Candidate> = diesel::sql_query(
-        "SELECT o.id, o.aggregate_id, o.seq,
+    // One statement, two kinds of rows: the window, and the first failing
+    // (in backoff or parked) event of each aggregate that has one. The
+    // window holds several times more rows than a batch (non-head rows), so
+    // bodies are read afterwards, only for the heads.
+    let rows: Vec<Candidate> = diesel::sql_query(
+        "SELECT false AS blocker, o.id, o.aggregate_id, o.seq,
                 (o.next_attempt_at IS NULL OR o.next_attempt_at <= now()) AS due
          FROM unnest($1::int2[]) AS p(part)
          CROSS JOIN LATERAL (
              SELECT id, aggregate_id, seq, next_attempt_at FROM outbox_pending
              WHERE partition = p.part AND parked_at IS NULL AND seq <> ALL($3)
              ORDER BY seq LIMIT $2
-         ) o",
+         ) o
+         UNION ALL
+         SELECT true, aggregate_id, aggregate_id, min(seq), false FROM outbox_pending
+         WHERE (attempts > 0 OR parked_at IS NOT NULL) AND partition = ANY($1)
+         GROUP BY aggregate_id",
     )
     .bind::<Array<SmallInt>, _>(partitions)
     .bind::<BigInt, _>(window)
     .bind::<Array<BigInt>, _>(&in_flight.seqs)
     .load(conn)
     .await?;
+    let (blockers, window_rows): (Vec<Candidate>, Vec<Candidate>) =
+        rows.into_iter().partition(|r| r.blocker);
+    let blocked: HashMap<Uuid, i64> = blockers
+        .into_iter()
+        .map(|b| (b.aggregate_id, b.seq))
+        .collect();
     let heads = select_heads(window_rows, &blocked, &in_flight.aggregates, limit);
     if heads.is_empty() {
         return Ok(Vec::new());
@@ -201,9 +193,12 @@ async fn forget_orphans(
     Ok(())
 }
 
-/// A window row: enough to decide whether it is its aggregate's head.
+/// A window row: enough to decide whether it is its aggregate's head. Or,
+/// with `blocker`, the first failing event of an aggregate.
 #[derive(Debug, Clone, QueryableByName)]
 struct Candidate {
+    #[diesel(sql_type = Bool)]
+    blocker: bool,
     #[diesel(sql_type = diesel::sql_types::Uuid)]
     id: Uuid,
     #[diesel(sql_type = diesel::sql_types::Uuid)]
@@ -581,6 +576,7 @@ mod tests {
 
     fn event(aggregate: u128, seq: i64, due: bool) -> Candidate {
         Candidate {
+            blocker: false,
             id: Uuid::new_v4(),
             aggregate_id: Uuid::from_u128(aggregate),
             seq,
