@@ -103,3 +103,29 @@ pub fn describe(per_event: &BTreeMap<&'static str, f64>) -> String {
         .collect();
     format!("{} (total {total:.0})", parts.join(", "))
 }
+
+/// The machine's CPU time from /proc/stat: (stolen by the hypervisor, all).
+/// Stolen time is what other tenants of a shared host took from this one.
+pub fn machine_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let steal = fields.get(7).copied().unwrap_or(0);
+    (steal, fields.iter().take(8).sum())
+}
+
+/// Percentage of the machine's CPU time stolen between two readings.
+pub fn stolen_percent(before: (u64, u64), after: (u64, u64)) -> f64 {
+    let all = after.1.saturating_sub(before.1);
+    if all == 0 {
+        return 0.0;
+    }
+    after.0.saturating_sub(before.0) as f64 * 100.0 / all as f64
+}

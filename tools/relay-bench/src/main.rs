@@ -71,7 +71,9 @@ async fn main() -> Result<()> {
     let mut raw_cpu = Default::default();
     let mut relay_cpu = Default::default();
     let mut relay: Option<tokio::process::Child> = None;
+    let mut stolen = Vec::new();
     for round in 1..=rounds {
+        let machine_before = cpu::machine_ticks();
         eprintln!("round {round}/{rounds} raw: publishing {events} messages with lapin");
         let cpu_before = cpu::sample(None);
         let raw_rate = raw_publish(&broker, events, &received).await?;
@@ -101,6 +103,7 @@ async fn main() -> Result<()> {
             "round {round}/{rounds}: raw {raw_rate:.0}/s, relay {relay_rate:.0}/s, ratio {:.2}",
             relay_rate / raw_rate
         );
+        stolen.push(cpu::stolen_percent(machine_before, cpu::machine_ticks()));
         raw_rates.push(raw_rate);
         relay_rates.push(relay_rate);
         ratios.push(relay_rate / raw_rate);
@@ -112,8 +115,10 @@ async fn main() -> Result<()> {
     sql.batch_execute("TRUNCATE outbox, outbox_pending").await?;
     eprintln!("latency: 1,000 events/s for 30 s");
     received.clear();
+    let machine_before = cpu::machine_ticks();
     let (achieved, p50, p90, p99, max) =
         steady_latency(db.url(), &received, 1_000, Duration::from_secs(30)).await?;
+    let latency_stolen = cpu::stolen_percent(machine_before, cpu::machine_ticks());
     let rss = peak_rss_kib(relay_pid)?;
     let _ = relay.kill().await;
 
@@ -158,6 +163,10 @@ async fn main() -> Result<()> {
     println!(
         "| relay peak RSS (VmHWM) | {:.1} MiB |",
         rss as f64 / 1024.0
+    );
+    println!(
+        "| CPU time stolen by the host (other tenants), % of the machine's: rounds ({}); latency phase | {latency_stolen:.0} |",
+        list(&stolen, 0)
     );
     Ok(())
 }
