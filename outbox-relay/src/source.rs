@@ -315,7 +315,7 @@ impl Source {
                 partitions,
                 WINDOW_PER_PARTITION,
                 self.relay.batch_size,
-                &flying,
+                flying,
             )
             .await?
         };

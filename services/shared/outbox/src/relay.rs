@@ -112,7 +112,7 @@ pub async fn claim_heads(
     partitions: &[i16],
     window: i64,
     limit: usize,
-    in_flight: &InFlight,
+    in_flight: InFlight,
 ) -> QueryResult<Vec<PendingEvent>> {
     // One statement, two kinds of rows: the window, and the first failing
     // (in backoff or parked) event of each aggregate that has one. The
@@ -143,7 +143,7 @@ pub async fn claim_heads(
         .into_iter()
         .map(|b| (b.aggregate_id, b.seq))
         .collect();
-    let heads = select_heads(window_rows, &blocked, &in_flight.aggregates, limit);
+    let heads = select_heads(window_rows, &blocked, in_flight.aggregates, limit);
     if heads.is_empty() {
         return Ok(Vec::new());
     }
@@ -214,10 +214,11 @@ struct Candidate {
 fn select_heads(
     rows: Vec<Candidate>,
     blocked: &HashMap<Uuid, i64>,
-    in_flight: &HashSet<Uuid>,
+    in_flight: HashSet<Uuid>,
     limit: usize,
 ) -> Vec<Candidate> {
-    let mut seen = in_flight.clone();
+    // Every aggregate seen so far, starting with those in flight.
+    let mut seen = in_flight;
     let mut heads: Vec<Candidate> = rows
         .into_iter()
         .filter(|row| {
@@ -597,15 +598,15 @@ mod tests {
         ];
         let blocked = HashMap::from([(Uuid::from_u128(3), 4), (Uuid::from_u128(4), 6)]);
         let none = HashSet::new();
-        let heads: Vec<i64> = select_heads(rows.clone(), &blocked, &none, 10)
+        let heads: Vec<i64> = select_heads(rows.clone(), &blocked, none.clone(), 10)
             .iter()
             .map(|e| e.seq)
             .collect();
         assert_eq!(heads, [1, 2, 8]);
-        assert_eq!(select_heads(rows.clone(), &blocked, &none, 2).len(), 2);
+        assert_eq!(select_heads(rows.clone(), &blocked, none, 2).len(), 2);
         // An aggregate whose event is still awaiting its confirm yields nothing.
         let flying = HashSet::from([Uuid::from_u128(2)]);
-        let heads: Vec<i64> = select_heads(rows, &blocked, &flying, 10)
+        let heads: Vec<i64> = select_heads(rows, &blocked, flying, 10)
             .iter()
             .map(|e| e.seq)
             .collect();
