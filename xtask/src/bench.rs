@@ -24,7 +24,9 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, infra};
 
+mod saga;
 mod stock_import;
+pub(crate) mod system;
 
 const DB: &str = "of_bench_order";
 /// pgbench/loadgen pairs per client level.
@@ -62,8 +64,9 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("relay") => return relay(args),
         Some("import") => return stock_import::run(args),
         Some("tracing") => return crate::bench_tracing::run(args),
+        Some("saga") => return saga::run(args),
         other => bail!(
-            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
+            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | saga [--rates 50,100,..] [--hot-rates ..] [--step SECS] [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
         ),
     }
     let mut duration = 8u32;

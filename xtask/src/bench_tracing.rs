@@ -25,30 +25,33 @@
 
 use std::{
     fmt::Write as _,
-    fs::OpenOptions,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    bench::{git_commit, loadgen_at, median, prepare, write_section},
-    cmd::{self, poll_until, port_open, tool},
-    infra::{self, MANAGEMENT_URL, PG_HOST, PG_PORT, PG_USER},
+    bench::{
+        git_commit, loadgen_at, median, prepare,
+        system::{BENCH_TOKEN, Layout, Proc, System, new_uuid, percentile, query},
+        write_section,
+    },
+    cmd::{self, poll_until, port_open},
+    infra,
 };
 
-const VHOST: &str = "orderflow-bench-tracing";
 const SINK: &str = "127.0.0.1:4391";
-const RELAY_HTTP: &str = "127.0.0.1:8191";
-/// (service, gRPC, metrics)
-const SERVICES: [(&str, &str, &str); 4] = [
-    ("order", "127.0.0.1:50191", "127.0.0.1:9191"),
-    ("inventory", "127.0.0.1:50192", "127.0.0.1:9192"),
-    ("payment", "127.0.0.1:50193", "127.0.0.1:9193"),
-    ("notification", "127.0.0.1:50194", "127.0.0.1:9194"),
-];
+
+/// gRPC 50191-50194, /metrics 9191-9194, the relay 8191.
+fn layout() -> Layout {
+    Layout {
+        db_prefix: "of_bench_trace".to_owned(),
+        vhost: "orderflow-bench-tracing".to_owned(),
+        port_base: 91,
+    }
+}
 const PRODUCT: &str = "5b1f0c9e-2a7d-4c3b-9e8f-1a2b3c4d5e6f";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -81,21 +84,6 @@ struct Run {
     saga_rate: f64,
 }
 
-fn database(service: &str) -> String {
-    format!("of_bench_trace_{service}")
-}
-
-fn database_url(service: &str) -> String {
-    format!(
-        "postgres://{PG_USER}@{PG_HOST}:{PG_PORT}/{}",
-        database(service)
-    )
-}
-
-fn amqp_url() -> String {
-    format!("amqp://guest:guest@{}/{VHOST}", infra::AMQP_ADDR)
-}
-
 pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
     let (mut rounds, mut duration, mut clients, mut saga_orders) = (3usize, 8u32, 8u32, 60usize);
     while let Some(flag) = args.next() {
@@ -125,29 +113,8 @@ pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
     let work = cmd::target_dir().join("bench").join("tracing");
     std::fs::create_dir_all(&work)?;
 
-    for (service, _, _) in SERVICES {
-        psql(
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database(service)),
-            "postgres",
-        )?;
-        psql(
-            &format!("CREATE DATABASE {}", database(service)),
-            "postgres",
-        )?;
-        cmd::output(
-            Command::new(release.join(service))
-                .arg("migrate")
-                .env("DATABASE_URL", database_url(service)),
-            &format!("migrating {}", database(service)),
-            "see the error above",
-        )?;
-    }
-    vhost("DELETE")?;
-    vhost("PUT")?;
-
-    // The vhost's ~70 quorum queues hold broker file handles: delete them
-    // whatever happens (RabbitMQ's default 1024-handle limit is shared with
-    // every test vhost on the machine).
+    layout().create(&release)?;
+    // Removed whatever happens: see `Layout::remove`.
     let measured = runs_and_spans(
         &release,
         &work,
@@ -157,13 +124,7 @@ pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
         duration,
         saga_orders,
     );
-    for (service, _, _) in SERVICES {
-        let _ = psql(
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", database(service)),
-            "postgres",
-        );
-    }
-    let _ = vhost("DELETE");
+    layout().remove();
     let (runs, spans) = measured?;
 
     let report = render(&runs, spans, rounds, duration, clients, saga_orders)?;
@@ -208,7 +169,7 @@ fn runs_and_spans(
                 round + 1,
                 mode.name()
             );
-            let mut system = System::start(release, work, mode, grpcurl)?;
+            let mut system = start(release, work, mode, grpcurl)?;
             let result = measure(
                 &mut system,
                 release,
@@ -260,7 +221,7 @@ fn measure(
     duration: u32,
     saga_orders: usize,
 ) -> Result<Figures> {
-    let order_addr = SERVICES[0].1;
+    let order_addr = &layout().grpc_addr("order");
     let mut ids = Vec::with_capacity(saga_orders);
     for _ in 0..saga_orders {
         let body = format!(
@@ -273,7 +234,7 @@ fn measure(
                 "-plaintext",
                 "-d",
                 &body,
-                order_addr,
+                order_addr.as_str(),
                 "orderflow.order.v1.OrderService/CreateOrder",
             ]),
             "CreateOrder through grpcurl",
@@ -293,7 +254,7 @@ fn measure(
              WHERE status = 'CONFIRMED' AND id IN ({})",
             ids.join(",")
         ),
-        &database("order"),
+        &layout().database("order"),
     )?
     .lines()
     .filter_map(|l| l.trim().parse().ok())
@@ -320,13 +281,13 @@ fn measure(
     // again, until none is PENDING.
     let placed: f64 = query(
         "SELECT count(*) FROM orders WHERE status = 'PENDING'",
-        &database("order"),
+        &layout().database("order"),
     )?
     .trim()
     .parse()
     .context("a count of PENDING orders")?;
     let started = Instant::now();
-    system.start_relay(release, work)?;
+    system.start_relay()?;
     wait_settled(None, Duration::from_secs(600))?;
     let drained = started.elapsed().as_secs_f64();
     Ok((
@@ -348,7 +309,7 @@ fn wait_settled(order: Option<&str>, timeout: Duration) -> Result<()> {
     };
     let mut last = String::new();
     let settled = poll_until(timeout, Duration::from_millis(5), || {
-        match query(&sql, &database("order")) {
+        match query(&sql, &layout().database("order")) {
             Ok(n) => {
                 last = n.trim().to_owned();
                 last == "0"
@@ -366,226 +327,40 @@ fn wait_settled(order: Option<&str>, timeout: Duration) -> Result<()> {
     }
 }
 
-fn percentile(values: &[f64], q: f64) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let rank = ((v.len() as f64 - 1.0) * q).round() as usize;
-    v[rank.min(v.len() - 1)]
-}
-
-/// What every process of a run gets: the bench vhost, JSON logs at info
-/// (startup is read from them) and, with export on, the sink's address.
-fn env(cmd: &mut Command, mode: Mode) {
-    cmd.env("AMQP_URL", amqp_url())
-        .env("RUST_LOG", "info")
-        .env("LOG_FORMAT", "json")
-        .env("NO_COLOR", "1")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT");
-    if mode == Mode::On {
-        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{SINK}"));
-    }
-}
-
-/// The five processes of one run.
-struct System {
-    procs: Vec<Proc>,
-    relay: Option<Proc>,
-    mode: Mode,
-}
-
-/// The benchmark's own services' admin token.
-const BENCH_TOKEN: &str = "orderflow-bench-admin-token";
-
-impl System {
-    fn start(release: &Path, work: &Path, mode: Mode, grpcurl: &Path) -> Result<Self> {
-        let mut system = Self {
-            procs: Vec::new(),
-            relay: None,
-            mode,
-        };
-        for (service, grpc, metrics) in SERVICES {
-            let mut cmd = Command::new(release.join(service));
-            cmd.arg("serve")
-                .env("DATABASE_URL", database_url(service))
-                .env("GRPC_LISTEN_ADDR", grpc)
-                .env("METRICS_LISTEN_ADDR", metrics)
-                .env("GRPC_ADMIN_TOKEN", BENCH_TOKEN)
-                // The load comes from one address; throughput is measured.
-                .env("GRPC_RATE_LIMIT", "0")
-                .env(
-                    "DATABASE_POOL_SIZE",
-                    if service == "order" { "32" } else { "16" },
-                );
-            env(&mut cmd, mode);
-            system.procs.push(Proc::start(service, &mut cmd, work)?);
+/// The system of one run: with export on, every process sends its spans
+/// to the sink; the order service gets a larger pool for the closed loop.
+fn start(release: &Path, work: &Path, mode: Mode, grpcurl: &Path) -> Result<System> {
+    let env = move |name: &str| {
+        let mut env = Vec::new();
+        if mode == Mode::On {
+            env.push((
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
+                format!("http://{SINK}"),
+            ));
         }
-        for (i, (service, grpc, _)) in SERVICES.iter().enumerate() {
-            let log = system.procs[i].log.clone();
-            let ready = poll_until(Duration::from_secs(60), Duration::from_millis(50), || {
-                std::fs::read_to_string(&log).is_ok_and(|text| {
-                    text[system.procs[i].log_offset.min(text.len())..]
-                        .contains(r#""message":"consuming""#)
-                }) && Command::new(grpcurl)
-                    .args(["-plaintext", grpc, "grpc.health.v1.Health/Check"])
-                    .output()
-                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"SERVING\""))
-            });
-            if !ready {
-                bail!("{service} did not become ready; see {}", log.display());
-            }
+        if name == "order" {
+            env.push(("DATABASE_POOL_SIZE".to_owned(), "32".to_owned()));
         }
-        system.start_relay(release, work)?;
-        // The product the saga orders buy (kept across runs: an upsert).
-        cmd::output(
-            Command::new(grpcurl).args([
-                "-plaintext",
-                "-H",
-                &format!("authorization: Bearer {BENCH_TOKEN}"),
-                "-d",
-                &format!(
-                    r#"{{"product_id":"{PRODUCT}","sku":"BENCH-1","name":"Bench","unit_price":{{"amount_minor":100,"currency":"EUR"}},"on_hand":1000000}}"#
-                ),
-                SERVICES[1].1,
-                "orderflow.inventory.v1.InventoryService/UpsertProduct",
-            ]),
-            "stocking the bench product",
-            "see target/bench/tracing/inventory.log",
-        )?;
-        Ok(system)
-    }
-
-    /// The relay, with the run's export setting.
-    fn start_relay(&mut self, release: &Path, work: &Path) -> Result<()> {
-        let sources = SERVICES
-            .iter()
-            .map(|(s, _, _)| format!("{s}={}", database_url(s)))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut relay = Command::new(release.join("outbox-relay"));
-        relay
-            .arg("serve")
-            .env("RELAY_SOURCES", sources)
-            .env("RELAY_HTTP_ADDR", RELAY_HTTP);
-        env(&mut relay, self.mode);
-        self.relay = Some(Proc::start("outbox-relay", &mut relay, work)?);
-        if !poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
-            port_open(RELAY_HTTP)
-        }) {
-            bail!("the relay did not listen on {RELAY_HTTP}");
-        }
-        Ok(())
-    }
-
-    fn stop_relay(&mut self) {
-        if let Some(mut relay) = self.relay.take() {
-            relay.stop();
-        }
-    }
-
-    /// SIGTERM to all (the relay first), then waits.
-    fn stop(mut self) {
-        self.stop_relay();
-        while let Some(mut p) = self.procs.pop() {
-            p.stop();
-        }
-    }
-}
-
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    log_offset: usize,
-}
-
-impl Proc {
-    fn start(name: &str, cmd: &mut Command, work: &Path) -> Result<Self> {
-        let log = work.join(format!("{name}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&log)?;
-        let log_offset = usize::try_from(file.metadata()?.len()).unwrap_or(0);
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self {
-            child,
-            log,
-            log_offset,
-        })
-    }
-
-    fn stop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let exited = poll_until(Duration::from_secs(30), Duration::from_millis(20), || {
-            matches!(self.child.try_wait(), Ok(Some(_)))
-        });
-        if !exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn psql(sql: &str, database: &str) -> Result<()> {
-    query(sql, database).map(drop)
-}
-
-fn query(sql: &str, database: &str) -> Result<String> {
-    let out = cmd::output(
-        tool("psql")
-            .args(["-h", PG_HOST, "-p", PG_PORT, "-U", PG_USER, "-w"])
-            .args(["-v", "ON_ERROR_STOP=1", "-qAtc", sql, database]),
-        "psql",
-        "is PostgreSQL up? `cargo xtask up` starts it",
-    )?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Creates (PUT, with guest's permissions) or deletes the bench vhost.
-fn vhost(method: &str) -> Result<()> {
-    let mut curl = tool("curl");
-    curl.args(["-sS", "-m", "10", "-u", "guest:guest", "-X", method])
-        .arg(format!("{MANAGEMENT_URL}/api/vhosts/{VHOST}"));
+        env
+    };
+    let system = System::start(release, &layout(), work, Box::new(env), grpcurl)?;
+    // The product the saga orders buy (kept across runs: an upsert).
     cmd::output(
-        &mut curl,
-        &format!("{method} vhost {VHOST}"),
-        "is the management API up?",
+        Command::new(grpcurl).args([
+            "-plaintext",
+            "-H",
+            &format!("authorization: Bearer {BENCH_TOKEN}"),
+            "-d",
+            &format!(
+                r#"{{"product_id":"{PRODUCT}","sku":"BENCH-1","name":"Bench","unit_price":{{"amount_minor":100,"currency":"EUR"}},"on_hand":1000000}}"#
+            ),
+            &layout().grpc_addr("inventory"),
+            "orderflow.inventory.v1.InventoryService/UpsertProduct",
+        ]),
+        "stocking the bench product",
+        "see target/bench/tracing/inventory.log",
     )?;
-    if method == "PUT" {
-        cmd::output(
-            tool("curl")
-                .args(["-fsS", "-m", "10", "-u", "guest:guest", "-X", "PUT"])
-                .args(["-H", "content-type: application/json"])
-                .args(["-d", r#"{"configure":".*","write":".*","read":".*"}"#])
-                .arg(format!("{MANAGEMENT_URL}/api/permissions/{VHOST}/guest")),
-            "granting guest the bench vhost",
-            "is the management API up?",
-        )?;
-    }
-    Ok(())
-}
-
-fn new_uuid() -> Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .context("cannot read /proc/sys/kernel/random/uuid")?
-        .trim()
-        .to_owned())
+    Ok(system)
 }
 
 fn render(

@@ -7,8 +7,10 @@
 //! benchmarks with trace export on. `loadgen <subcommand> --help` lists the options.
 
 mod duration;
+mod open_loop;
 mod request;
 mod run;
+mod settle;
 mod sink;
 
 use std::path::PathBuf;
@@ -35,6 +37,12 @@ struct Cli {
 enum Command {
     /// Closed loop: each worker sends CreateOrder, waits for the answer, repeats.
     CreateOrders(CreateOrdersArgs),
+    /// Open loop: CreateOrder at a fixed rate, each call sent when due whatever
+    /// the earlier ones are doing; latency counted from when a call was due.
+    OpenLoop(OpenLoopArgs),
+    /// Waits until every order is terminal, every outbox published and every
+    /// routed message applied (inbox rows); prints how long that took as JSON.
+    Settle(SettleArgs),
     /// Sends N concurrent CreateOrder calls with the same request_id and body;
     /// exits non-zero unless all succeed with one and the same order id.
     Idempotency(IdempotencyArgs),
@@ -84,6 +92,54 @@ struct CreateOrdersArgs {
 }
 
 #[derive(Args)]
+struct OpenLoopArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Calls per second.
+    #[arg(long)]
+    rate: f64,
+    /// How long to send, e.g. 20s.
+    #[arg(long, default_value = "20s", value_parser = duration::parse_duration)]
+    duration: Duration,
+    /// A file with one product id per line; lines are drawn from them.
+    #[arg(long)]
+    products: PathBuf,
+    /// Each order has 1..=N lines of quantity 1 on distinct products.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
+    max_lines: u32,
+    /// Unit price of every line, in minor units (EUR).
+    #[arg(long, default_value_t = 100)]
+    unit_price_minor: i64,
+    /// Customers the orders are spread over (random ids).
+    #[arg(long, default_value_t = 1000)]
+    customers: usize,
+    /// Calls outstanding at most; a call due beyond that is skipped and counted.
+    #[arg(long, default_value_t = 20_000)]
+    max_in_flight: usize,
+    /// Write the results as a JSON object to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SettleArgs {
+    /// `service=postgres://...`, once per service; the order service's first.
+    #[arg(long = "database", required = true)]
+    databases: Vec<String>,
+    /// `service:event.type=N`: the queues an event type of that producer is
+    /// routed to (from the broker's bindings).
+    #[arg(long = "fanout", value_delimiter = ',')]
+    fanout: Vec<String>,
+    #[arg(long, default_value = "180s", value_parser = duration::parse_duration)]
+    timeout: Duration,
+    #[arg(long, default_value = "50ms", value_parser = duration::parse_duration)]
+    every: Duration,
+    /// Write the result as a JSON object to this file (else stdout).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct IdempotencyArgs {
     #[command(flatten)]
     conn: ConnArgs,
@@ -100,6 +156,8 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::CreateOrders(args) => create_orders(args).await,
+        Command::OpenLoop(args) => open_loop(args).await,
+        Command::Settle(args) => settle(args).await,
         Command::Idempotency(args) => idempotency(args).await,
         Command::OtlpSink { listen } => sink::run(listen).await.map(|()| ExitCode::SUCCESS),
     };
@@ -149,6 +207,77 @@ async fn create_orders(args: CreateOrdersArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn open_loop(args: OpenLoopArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.products)
+        .with_context(|| format!("reading {}", args.products.display()))?;
+    let products: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if products.is_empty() {
+        bail!("{} lists no product ids", args.products.display());
+    }
+    let clients = connect(&args.conn, usize::MAX).await?;
+    let plan = open_loop::Plan {
+        rate: args.rate,
+        duration: args.duration,
+        products,
+        max_lines: args.max_lines as usize,
+        unit_price_minor: args.unit_price_minor,
+        customers: args.customers,
+        max_in_flight: args.max_in_flight,
+    };
+    let summary = open_loop::run(&clients, &plan).await?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    match &args.json {
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn settle(args: SettleArgs) -> anyhow::Result<ExitCode> {
+    let databases = args
+        .databases
+        .iter()
+        .map(|d| {
+            d.split_once('=')
+                .map(|(s, u)| (s.to_owned(), u.to_owned()))
+                .with_context(|| format!("--database {d:?}: expected service=postgres://..."))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let fanout = args
+        .fanout
+        .iter()
+        .map(|f| {
+            let parsed = f.split_once(':').and_then(|(service, rest)| {
+                let (event_type, n) = rest.split_once('=')?;
+                Some((service.to_owned(), event_type.to_owned(), n.parse().ok()?))
+            });
+            parsed.with_context(|| format!("--fanout {f:?}: expected service:event.type=N"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let plan = settle::Plan {
+        databases,
+        fanout,
+        timeout: args.timeout,
+        every: args.every,
+    };
+    let summary = settle::run(&plan).await?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    match &args.json {
+        Some(path) => std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{json}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn idempotency(args: IdempotencyArgs) -> anyhow::Result<ExitCode> {
