@@ -10,7 +10,7 @@
 //! order.cancelled of the same order. Product rows are locked after it, in
 //! `product_id` order, so concurrent orders never deadlock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -67,6 +67,21 @@ impl Handler for ReserveStock {
     ) -> HandlerResult {
         Ok(reserve(conn, &event.data).await?)
     }
+
+    /// Every product the batch's orders name, locked once, in product_id
+    /// order: a hot product's orders are reserved under one lock and one
+    /// commit, and two batches cannot deadlock.
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<OrderPlaced>],
+    ) -> HandlerResult {
+        let ids: BTreeSet<Uuid> = events
+            .iter()
+            .flat_map(|e| e.data.lines.iter().map(|l| l.product_id))
+            .collect();
+        Ok(lock_products(conn, ids.into_iter().collect()).await?)
+    }
 }
 
 /// payment.failed: give the order's units back.
@@ -84,6 +99,14 @@ impl Handler for ReleaseOnPaymentFailed {
     ) -> HandlerResult {
         let reason = format!("payment failed: {}", event.data.reason);
         Ok(release(conn, event.data.order_id, &reason).await?)
+    }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<PaymentFailed>],
+    ) -> HandlerResult {
+        Ok(lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
     }
 }
 
@@ -104,6 +127,14 @@ impl Handler for ReleaseOnOrderCancelled {
         let reason = format!("order cancelled: {}", event.data.reason);
         Ok(release(conn, event.data.order_id, &reason).await?)
     }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<OrderCancelled>],
+    ) -> HandlerResult {
+        Ok(lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
+    }
 }
 
 /// order.confirmed: the held units are sold.
@@ -121,6 +152,49 @@ impl Handler for CommitReservation {
     ) -> HandlerResult {
         Ok(commit(conn, event.data.order_id).await?)
     }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<OrderConfirmed>],
+    ) -> HandlerResult {
+        Ok(lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
+    }
+}
+
+/// Locks the products, in product_id order (`ids` sorted).
+async fn lock_products(conn: &mut AsyncPgConnection, ids: Vec<Uuid>) -> QueryResult<()> {
+    products::table
+        .filter(products::product_id.eq_any(&ids))
+        .order(products::product_id)
+        .for_update()
+        .select(products::product_id)
+        .load::<Uuid>(conn)
+        .await?;
+    Ok(())
+}
+
+/// For a batch of releases or commits: the orders' reservations in
+/// order_id order, then the products they hold in product_id order - the
+/// order a single release or commit takes them in.
+async fn lock_orders(conn: &mut AsyncPgConnection, mut orders: Vec<Uuid>) -> QueryResult<()> {
+    orders.sort_unstable();
+    orders.dedup();
+    reservations::table
+        .filter(reservations::order_id.eq_any(&orders))
+        .order(reservations::order_id)
+        .for_update()
+        .select(reservations::order_id)
+        .load::<Uuid>(conn)
+        .await?;
+    let held: BTreeSet<Uuid> = reservation_lines::table
+        .filter(reservation_lines::order_id.eq_any(&orders))
+        .select(reservation_lines::product_id)
+        .load::<Uuid>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    lock_products(conn, held.into_iter().collect()).await
 }
 
 /// Inserts the reservation row unless one exists; true when this call did.

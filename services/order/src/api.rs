@@ -97,6 +97,13 @@ impl From<OrderError> for Status {
                     "the order database is unavailable; retry with the same request_id",
                 )
             }
+            OrderError::Busy(e) => {
+                tracing::warn!(error.message = %e, "overloaded: no database connection free");
+                orderflow_grpc::busy(
+                    "overloaded: every database connection stayed busy (DATABASE_POOL_TIMEOUT); retry with the same request_id",
+                    std::time::Duration::from_millis(500),
+                )
+            }
             OrderError::Database(e) => {
                 tracing::error!(error.message = %e, error.cause_chain = ?e, "database error");
                 Status::internal("internal error")

@@ -48,6 +48,14 @@ impl Handler for ConfirmOnPaymentCompleted {
             .map(drop)
             .map_err(settle_error)
     }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<PaymentCompleted>],
+    ) -> HandlerResult {
+        Ok(store::lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
+    }
 }
 
 /// inventory.rejected: PENDING → CANCELLED, with the shortage as reason.
@@ -72,6 +80,14 @@ impl Handler for CancelOnInventoryRejected {
         )
         .await
     }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<InventoryRejected>],
+    ) -> HandlerResult {
+        Ok(store::lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
+    }
 }
 
 /// payment.failed: PENDING → CANCELLED, with the gateway's reason.
@@ -95,6 +111,14 @@ impl Handler for CancelOnPaymentFailed {
             CancelCause::PaymentFailed,
         )
         .await
+    }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<PaymentFailed>],
+    ) -> HandlerResult {
+        Ok(store::lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
     }
 }
 

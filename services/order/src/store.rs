@@ -101,6 +101,9 @@ pub enum OrderError {
     NotCancellable { id: Uuid, status: String },
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// Every pooled connection stayed busy for the pool's wait timeout.
+    #[error("every database connection is busy: {0}")]
+    Busy(String),
     #[error("database error: {0}")]
     Database(diesel::result::Error),
 }
@@ -117,7 +120,11 @@ impl From<diesel::result::Error> for OrderError {
 
 impl From<PoolError> for OrderError {
     fn from(err: PoolError) -> Self {
-        Self::Unavailable(err.to_string())
+        if orderflow_db::is_busy(&err) {
+            Self::Busy(err.to_string())
+        } else {
+            Self::Unavailable(err.to_string())
+        }
     }
 }
 
@@ -476,6 +483,24 @@ pub async fn confirm_in_tx(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Ord
     )
     .await?;
     Ok(row)
+}
+
+/// Locks the orders in id order: a batch of saga events takes its orders'
+/// locks this way first, so two batches cannot deadlock.
+///
+/// # Errors
+/// A database error.
+pub async fn lock_orders(conn: &mut AsyncPgConnection, mut ids: Vec<Uuid>) -> QueryResult<()> {
+    ids.sort_unstable();
+    ids.dedup();
+    orders::table
+        .filter(orders::id.eq_any(&ids))
+        .order(orders::id)
+        .for_update()
+        .select(orders::id)
+        .load::<Uuid>(conn)
+        .await?;
+    Ok(())
 }
 
 async fn lock_order(conn: &mut AsyncPgConnection, id: Uuid) -> Result<OrderRow, OrderError> {

@@ -53,6 +53,14 @@ impl Handler for Charge {
         tracing::info!(event.id = %event.id, order.id = %event.data.order_id, ?outcome, "charge");
         Ok(())
     }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<InventoryReserved>],
+    ) -> HandlerResult {
+        Ok(store::lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
+    }
 }
 
 /// order.cancelled -> payment.refunded, or a tombstone when not charged yet.
@@ -71,5 +79,13 @@ impl Handler for RefundOnOrderCancelled {
         let outcome = store::refund(conn, &event.data).await?;
         tracing::info!(event.id = %event.id, order.id = %event.data.order_id, ?outcome, "refund on order cancelled");
         Ok(())
+    }
+
+    async fn before_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: &[&CloudEvent<OrderCancelled>],
+    ) -> HandlerResult {
+        Ok(store::lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
     }
 }

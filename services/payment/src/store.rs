@@ -195,6 +195,22 @@ async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult
         .map(|_| ())
 }
 
+/// The locks of [`lock_order`] for several orders, taken in key order so
+/// that two batches cannot deadlock.
+///
+/// # Errors
+/// A database error.
+pub async fn lock_orders(conn: &mut AsyncPgConnection, order_ids: Vec<Uuid>) -> QueryResult<()> {
+    diesel::sql_query(
+        "SELECT pg_advisory_xact_lock(k) FROM \
+         (SELECT DISTINCT hashtextextended(id::text, 7) AS k FROM unnest($1::uuid[]) AS id ORDER BY k) AS keys",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(order_ids)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
 async fn payment_of(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<Option<Payment>> {
     payments::table
         .filter(payments::order_id.eq(order_id))

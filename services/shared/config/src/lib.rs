@@ -222,6 +222,9 @@ pub struct ServiceConfig {
     pub admin_token: Option<Secret>,
     /// `GRPC_RATE_LIMIT` / `GRPC_RATE_BURST`; `None` when set to 0.
     pub rate_limit: Option<RateLimit>,
+    /// `GRPC_MAX_IN_FLIGHT`: customer calls the server works on at once;
+    /// one more is shed at once with RESOURCE_EXHAUSTED. `None` when 0.
+    pub max_in_flight: Option<usize>,
 }
 
 /// A service's local defaults, from the table in DESIGN.md.
@@ -234,6 +237,11 @@ pub struct ServiceDefaults {
 }
 
 pub const DEFAULT_POOL_SIZE: usize = 16;
+/// Customer calls in flight per server before new ones are shed: far above
+/// what a healthy server holds (a CreateOrder takes a few ms; a burst of a
+/// thousand concurrent calls is worked off in well under a second), and a
+/// bound on what an overload can pile up.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 pub const DEFAULT_POOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(25);
@@ -277,6 +285,13 @@ impl ServiceConfig {
             shutdown_grace: duration_or(src, "SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE)?,
             admin_token: token_or_none(src, "GRPC_ADMIN_TOKEN")?,
             rate_limit: rate_limit(src)?,
+            max_in_flight: Some(in_range_or(
+                src,
+                "GRPC_MAX_IN_FLIGHT",
+                DEFAULT_MAX_IN_FLIGHT,
+                0..=1_000_000,
+            )?)
+            .filter(|n| *n > 0),
         })
     }
 }

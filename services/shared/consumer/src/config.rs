@@ -10,9 +10,19 @@ use orderflow_config::{ConfigError, Source};
 pub struct ConsumerConfig {
     /// `AMQP_URL`.
     pub amqp_url: String,
-    /// Deliveries in flight per handler queue (`CONSUMER_PREFETCH`, 1..=10000,
-    /// default 32): the broker's prefetch and the handlers run concurrently.
+    /// Deliveries the broker sends ahead, unacked, per handler queue
+    /// (`CONSUMER_PREFETCH`, 1..=10000, default 128).
     pub prefetch: u16,
+    /// Most deliveries applied in one transaction (`CONSUMER_BATCH_SIZE`,
+    /// 1..=1000, default 32; 1 = one transaction per message). A batch is
+    /// what has arrived while the queue's transactions were busy, so under
+    /// light load every message is applied alone, at once.
+    pub batch_size: usize,
+    /// Transactions in flight per handler queue (`CONSUMER_CONCURRENCY`,
+    /// 1..=1000, default 1). Each holds a pooled connection. With 1, a
+    /// batch is acked with one `basic.ack` (`multiple`), and batches of one
+    /// queue never wait for each other's row locks.
+    pub concurrency: usize,
     /// Deliveries of one message before it is parked (`CONSUMER_MAX_ATTEMPTS`,
     /// 1..=1000, default 5).
     pub max_attempts: u32,
@@ -25,11 +35,17 @@ pub struct ConsumerConfig {
     /// commits, before its ack, as a crash at the worst moment would. Never
     /// set it in production.
     pub fault_exit_after_commit: bool,
+    /// TEST HOOK (`CONSUMER_FAULT_EXIT_AFTER_BATCH=1`): the same, after the
+    /// first commit of a batch of more than one message.
+    pub fault_exit_after_batch: bool,
 }
 
 /// The process exit code of the `CONSUMER_FAULT_EXIT_AFTER_COMMIT` hook.
 pub const FAULT_EXIT_CODE: i32 = 86;
 
+const DEFAULT_PREFETCH: u16 = 128;
+const DEFAULT_BATCH_SIZE: usize = 32;
+const DEFAULT_CONCURRENCY: usize = 1;
 const DEFAULT_RETRY_DELAYS_MS: [u64; 3] = [1_000, 5_000, 30_000];
 /// Retry delays are TTLs of delay queues: more than a day is a mistake.
 const MAX_RETRY_DELAY_MS: u64 = 86_400_000;
@@ -40,13 +56,16 @@ impl ConsumerConfig {
     pub fn new(amqp_url: impl Into<String>) -> Self {
         Self {
             amqp_url: amqp_url.into(),
-            prefetch: 32,
+            prefetch: DEFAULT_PREFETCH,
+            batch_size: DEFAULT_BATCH_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
             max_attempts: 5,
             retry_delays: DEFAULT_RETRY_DELAYS_MS
                 .iter()
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
             fault_exit_after_commit: false,
+            fault_exit_after_batch: false,
         }
     }
 
@@ -55,7 +74,24 @@ impl ConsumerConfig {
     pub fn from_source(src: &dyn Source) -> Result<Self, ConfigError> {
         Ok(Self {
             amqp_url: orderflow_amqp::amqp_url(src),
-            prefetch: orderflow_config::in_range_or(src, "CONSUMER_PREFETCH", 32, 1..=10_000)?,
+            prefetch: orderflow_config::in_range_or(
+                src,
+                "CONSUMER_PREFETCH",
+                DEFAULT_PREFETCH,
+                1..=10_000,
+            )?,
+            batch_size: orderflow_config::in_range_or(
+                src,
+                "CONSUMER_BATCH_SIZE",
+                DEFAULT_BATCH_SIZE,
+                1..=1_000,
+            )?,
+            concurrency: orderflow_config::in_range_or(
+                src,
+                "CONSUMER_CONCURRENCY",
+                DEFAULT_CONCURRENCY,
+                1..=1_000,
+            )?,
             max_attempts: orderflow_config::in_range_or(
                 src,
                 "CONSUMER_MAX_ATTEMPTS",
@@ -64,6 +100,7 @@ impl ConsumerConfig {
             )?,
             retry_delays: retry_delays(src, "CONSUMER_RETRY_DELAYS_MS")?,
             fault_exit_after_commit: flag(src, "CONSUMER_FAULT_EXIT_AFTER_COMMIT")?,
+            fault_exit_after_batch: flag(src, "CONSUMER_FAULT_EXIT_AFTER_BATCH")?,
         })
     }
 }
@@ -126,7 +163,9 @@ mod tests {
     #[test]
     fn defaults_when_nothing_is_set() {
         let c = ConsumerConfig::from_source(&HashMap::<&str, &str>::new()).unwrap();
-        assert_eq!(c.prefetch, 32);
+        assert_eq!(c.prefetch, 128);
+        assert_eq!(c.batch_size, 32);
+        assert_eq!(c.concurrency, 1);
         assert_eq!(c.max_attempts, 5);
         assert_eq!(c.retry_delays, [1, 5, 30].map(Duration::from_secs).to_vec());
         assert!(!c.fault_exit_after_commit);
@@ -155,6 +194,8 @@ mod tests {
         }
         for (key, bad) in [
             ("CONSUMER_PREFETCH", "0"),
+            ("CONSUMER_BATCH_SIZE", "0"),
+            ("CONSUMER_CONCURRENCY", "0"),
             ("CONSUMER_MAX_ATTEMPTS", "0"),
             ("CONSUMER_FAULT_EXIT_AFTER_COMMIT", "yes"),
         ] {

@@ -3,6 +3,7 @@
 use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use orderflow_events::CloudEvent;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{Handler, HandlerError};
@@ -53,6 +54,94 @@ pub(crate) async fn apply<H: Handler>(
         }
         handler.handle(conn, event).await?;
         Ok(Applied::Effect)
+    }))
+    .await
+}
+
+/// One message of a batch: its inbox key, its event, and the span its
+/// handling runs in (the message's own trace).
+pub(crate) struct Item<E> {
+    pub message_id: Uuid,
+    pub event: CloudEvent<E>,
+    pub span: tracing::Span,
+}
+
+/// Applies a batch in one transaction: one multi-row inbox insert (the
+/// rows it did not insert are duplicates), the handler's
+/// [`Handler::before_batch`] for the new events, then each new event
+/// through the handler in order, each under its own span; one commit.
+/// Returns what happened to each item, in order. All or nothing: on any
+/// error nothing of the batch is committed, and the caller applies the
+/// messages one at a time instead, so that a failing message is retried or
+/// parked alone.
+///
+/// # Errors
+/// The first handler error, or [`HandlerError::Transient`] for the pool
+/// and every database error.
+pub(crate) async fn apply_batch<H: Handler>(
+    handler: &H,
+    pool: &orderflow_db::Pool,
+    items: Vec<Item<H::Event>>,
+) -> Result<Vec<Applied>, HandlerError> {
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| HandlerError::Transient(format!("no database connection: {e}")))?;
+    orderflow_db::with_after_commit(conn.transaction(async |conn| {
+        let rows: Vec<_> = items
+            .iter()
+            .map(|item| {
+                (
+                    inbox::message_id.eq(item.message_id),
+                    inbox::handler.eq(H::NAME),
+                )
+            })
+            .collect();
+        let mut new: std::collections::HashSet<Uuid> = diesel::insert_into(inbox::table)
+            .values(&rows)
+            .on_conflict_do_nothing()
+            .returning(inbox::message_id)
+            .get_results(conn)
+            .await?
+            .into_iter()
+            .collect();
+        // A message twice in one batch (a redelivered copy) is new once.
+        let mut seen = std::collections::HashSet::new();
+        let outcomes: Vec<Applied> = items
+            .iter()
+            .map(|item| {
+                if new.contains(&item.message_id) && seen.insert(item.message_id) {
+                    Applied::Effect
+                } else {
+                    Applied::Duplicate
+                }
+            })
+            .collect();
+        let fresh: Vec<&CloudEvent<H::Event>> = items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == Applied::Effect)
+            .map(|(item, _)| &item.event)
+            .collect();
+        handler.before_batch(conn, &fresh).await?;
+        drop(fresh);
+        // The batch's events go to the outbox in one statement at the end.
+        let (handled, events) = orderflow_outbox::deferring(async {
+            for (item, outcome) in items.into_iter().zip(&outcomes) {
+                if *outcome == Applied::Duplicate || !new.remove(&item.message_id) {
+                    continue;
+                }
+                let outer = orderflow_db::replace_transaction_span(conn, Some(item.span.clone()));
+                let handled = handler.handle(conn, item.event).instrument(item.span).await;
+                orderflow_db::replace_transaction_span(conn, outer);
+                handled?;
+            }
+            Ok::<_, HandlerError>(())
+        })
+        .await;
+        handled?;
+        events.insert(conn).await?;
+        Ok(outcomes)
     }))
     .await
 }

@@ -47,7 +47,7 @@ pub type HandlerResult = Result<(), HandlerError>;
 pub trait Handler: Send + Sync + 'static {
     /// The event this handler consumes; its exchange is
     /// `orderflow.<Event::producer()>`, its routing key `Event::TYPE`.
-    type Event: Event + Send;
+    type Event: Event + Send + Sync;
     /// Stable name: the inbox key and the queue name suffix, e.g.
     /// `reserve-stock` (queue `inventory.reserve-stock`). Renaming it
     /// forgets which messages were processed.
@@ -61,6 +61,22 @@ pub trait Handler: Send + Sync + 'static {
         conn: &'c mut AsyncPgConnection,
         event: CloudEvent<Self::Event>,
     ) -> impl Future<Output = HandlerResult> + Send + 'c;
+
+    /// Called once before a batch of `events` is applied in one
+    /// transaction (each then through [`Handler::handle`], in delivery
+    /// order), only for events the inbox has not seen. A handler whose
+    /// events lock shared rows takes those locks here, in one global order
+    /// (say, by primary key), so that two batches cannot deadlock and a
+    /// popular row is locked once per batch instead of once per message.
+    /// The default takes none.
+    fn before_batch<'c>(
+        &'c self,
+        conn: &'c mut AsyncPgConnection,
+        events: &'c [&'c CloudEvent<Self::Event>],
+    ) -> impl Future<Output = HandlerResult> + Send + 'c {
+        let _ = (conn, events);
+        std::future::ready(Ok(()))
+    }
 }
 
 /// A service's handlers, consumed until shutdown.

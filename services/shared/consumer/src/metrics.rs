@@ -32,6 +32,10 @@ pub struct ConsumerMetrics {
     retried: Family<Labels, Counter>,
     /// Labels: handler, kind (`malformed`, `unsupported`, `rejected`, `exhausted`).
     dead_lettered: Family<Labels, Counter>,
+    /// Messages per transaction of a batch (batches of more than one).
+    batch_size: Family<Labels, Histogram, fn() -> Histogram>,
+    /// Transactions that applied more than one message.
+    batches: Family<Labels, Counter>,
 }
 
 impl Default for ConsumerMetrics {
@@ -46,6 +50,11 @@ impl Default for ConsumerMetrics {
             duplicates: Family::default(),
             retried: Family::default(),
             dead_lettered: Family::default(),
+            batch_size: Family::new_with_constructor(|| {
+                // 2 .. 1024
+                Histogram::new(exponential_buckets(2.0, 2.0, 10))
+            }),
+            batches: Family::default(),
         }
     }
 }
@@ -62,6 +71,16 @@ impl ConsumerMetrics {
             "consumer_message_handling_seconds",
             "Time from a delivery's arrival to its ack",
             self.handling.clone(),
+        );
+        registry.register(
+            "consumer_batches",
+            "Transactions that applied more than one message",
+            self.batches.clone(),
+        );
+        registry.register(
+            "consumer_batch_messages",
+            "Messages applied together in one transaction, per batch of more than one",
+            self.batch_size.clone(),
         );
         registry.register(
             "consumer_messages_applied",
@@ -123,6 +142,19 @@ impl ConsumerMetrics {
         self.handling
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// Batches of more than one message the handler's queue took.
+    pub fn batches(&self, handler: &str) -> u64 {
+        self.batches.get_or_create(&handler_labels(handler)).get()
+    }
+
+    pub(crate) fn observe_batch(&self, handler: &str, messages: usize) {
+        let labels = handler_labels(handler);
+        self.batches.get_or_create(&labels).inc();
+        self.batch_size
+            .get_or_create(&labels)
+            .observe(messages as f64);
     }
 
     pub(crate) fn inc_applied(&self, handler: &str) {

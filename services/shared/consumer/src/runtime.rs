@@ -45,8 +45,9 @@ pub(crate) trait Route: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn producer(&self) -> &'static str;
     fn routing_key(&self) -> &'static str;
-    /// Handles one delivery to its end: acked, or handed back to the broker.
-    fn process(self: Arc<Self>, delivery: Delivery, queue: Arc<QueueContext>) -> BoxFuture;
+    /// Handles deliveries of its queue to their end (one transaction for
+    /// all when it can): each acked, or handed back to the broker.
+    fn process(self: Arc<Self>, deliveries: Vec<Delivery>, queue: Arc<QueueContext>) -> BoxFuture;
 }
 
 struct HandlerRoute<H>(H);
@@ -68,8 +69,8 @@ impl<H: Handler> Route for HandlerRoute<H> {
         <H::Event as orderflow_events::Event>::TYPE
     }
 
-    fn process(self: Arc<Self>, delivery: Delivery, queue: Arc<QueueContext>) -> BoxFuture {
-        Box::pin(process(self, delivery, queue))
+    fn process(self: Arc<Self>, deliveries: Vec<Delivery>, queue: Arc<QueueContext>) -> BoxFuture {
+        Box::pin(process_batch(self, deliveries, queue))
     }
 }
 
@@ -91,13 +92,15 @@ enum Verdict {
     Park(FailureKind, String),
 }
 
-async fn process<H: Handler>(
-    route: Arc<HandlerRoute<H>>,
-    delivery: Delivery,
-    ctx: Arc<QueueContext>,
-) {
-    let meta = Meta::of(&delivery);
-    let started = std::time::Instant::now();
+/// The span a delivery is handled in; its parent is the publisher's
+/// context (the relay's publish span), so what the handler appends to the
+/// outbox continues the message's trace.
+fn consume_span(
+    handler: &'static str,
+    delivery: &Delivery,
+    meta: &Meta,
+    ctx: &QueueContext,
+) -> tracing::Span {
     let span = tracing::info_span!(
         "consume",
         otel.name = %format!("process {}", ctx.queues.work),
@@ -107,44 +110,73 @@ async fn process<H: Handler>(
         messaging.destination.name = %meta.original_exchange,
         messaging.rabbitmq.destination.routing_key = %meta.original_routing_key,
         messaging.message.id = meta.message_id.as_deref().unwrap_or(""),
-        handler = H::NAME,
+        handler,
         queue = %ctx.queues.work,
         message_id = meta.message_id.as_deref().unwrap_or(""),
         "event.type" = %meta.event_type,
         attempt = meta.attempt(),
     );
-    // The publisher's context (the relay's publish span): this span is its
-    // child, and so is whatever the handler appends to the outbox.
     if orderflow_telemetry::exporting()
         && let Some(headers) = delivery.properties.headers()
     {
         orderflow_telemetry::set_parent_from(&span, &delivery::trace_headers(headers));
     }
+    span
+}
+
+/// Catches a handler's panic as a transient failure.
+async fn unpanicked<T>(
+    applied: impl Future<Output = Result<T, HandlerError>>,
+) -> Result<T, HandlerError> {
+    AssertUnwindSafe(applied)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            Err(HandlerError::Transient(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            )))
+        })
+}
+
+/// The test hooks `CONSUMER_FAULT_EXIT_AFTER_COMMIT` (any commit that
+/// applied a message) and `CONSUMER_FAULT_EXIT_AFTER_BATCH` (one that
+/// applied a batch): a crash after the commit, before the acks.
+fn fault_exit_after_commit(ctx: &QueueContext, batch: bool) {
+    if ctx.config.fault_exit_after_commit || (batch && ctx.config.fault_exit_after_batch) {
+        tracing::error!(
+            "CONSUMER_FAULT_EXIT_AFTER_COMMIT: exiting after the commit, before the ack"
+        );
+        std::process::exit(crate::FAULT_EXIT_CODE);
+    }
+}
+
+/// Handles one delivery in its own transaction.
+async fn process<H: Handler>(
+    route: Arc<HandlerRoute<H>>,
+    delivery: Delivery,
+    ctx: Arc<QueueContext>,
+) {
+    let meta = Meta::of(&delivery);
+    let started = std::time::Instant::now();
+    let span = consume_span(H::NAME, &delivery, &meta, &ctx);
     async move {
         let verdict = match delivery::decode::<H::Event>(&delivery.properties, &delivery.data) {
             Err(undecodable) => Verdict::Park(undecodable.kind, undecodable.reason),
             Ok((message_id, event)) => {
-                let applied = AssertUnwindSafe(inbox::apply(&route.0, &ctx.pool, message_id, event))
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|panic| {
-                        Err(HandlerError::Transient(format!(
-                            "handler panicked: {}",
-                            panic_message(panic.as_ref())
-                        )))
-                    });
-                match applied {
+                match unpanicked(inbox::apply(&route.0, &ctx.pool, message_id, event)).await {
                     Ok(applied) => {
-                        if applied == Applied::Effect && ctx.config.fault_exit_after_commit {
-                            tracing::error!(
-                                "CONSUMER_FAULT_EXIT_AFTER_COMMIT: exiting after the commit, before the ack"
-                            );
-                            std::process::exit(crate::FAULT_EXIT_CODE);
+                        if applied == Applied::Effect {
+                            fault_exit_after_commit(&ctx, false);
                         }
                         Verdict::Applied(applied)
                     }
-                    Err(HandlerError::Reject(reason)) => Verdict::Park(FailureKind::Rejected, reason),
-                    Err(HandlerError::Transient(error)) if meta.attempt() >= ctx.config.max_attempts => {
+                    Err(HandlerError::Reject(reason)) => {
+                        Verdict::Park(FailureKind::Rejected, reason)
+                    }
+                    Err(HandlerError::Transient(error))
+                        if meta.attempt() >= ctx.config.max_attempts =>
+                    {
                         Verdict::Park(
                             FailureKind::Exhausted,
                             format!("{error} (after {} attempts)", meta.attempt()),
@@ -159,6 +191,112 @@ async fn process<H: Handler>(
     }
     .instrument(span)
     .await;
+}
+
+/// Handles several deliveries of one queue in one transaction
+/// (`inbox::apply_batch`), acking each after the commit. What cannot be
+/// decoded is handled alone (parked); when the batch fails as a whole, each
+/// of its messages is handled alone, so a poison message is retried or
+/// parked by itself and its neighbours are applied.
+async fn process_batch<H: Handler>(
+    route: Arc<HandlerRoute<H>>,
+    deliveries: Vec<Delivery>,
+    ctx: Arc<QueueContext>,
+) {
+    if deliveries.len() == 1 {
+        if let Some(delivery) = deliveries.into_iter().next() {
+            process(route, delivery, ctx).await;
+        }
+        return;
+    }
+    let started = std::time::Instant::now();
+    let mut batch = Vec::with_capacity(deliveries.len());
+    let mut items = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        match delivery::decode::<H::Event>(&delivery.properties, &delivery.data) {
+            Ok((message_id, event)) => {
+                let meta = Meta::of(&delivery);
+                let span = consume_span(H::NAME, &delivery, &meta, &ctx);
+                items.push(inbox::Item {
+                    message_id,
+                    event,
+                    span,
+                });
+                batch.push((delivery, meta));
+            }
+            Err(_) => process(route.clone(), delivery, ctx.clone()).await,
+        }
+    }
+    if batch.is_empty() {
+        return;
+    }
+    ctx.metrics.observe_batch(H::NAME, batch.len());
+    match unpanicked(inbox::apply_batch(&route.0, &ctx.pool, items)).await {
+        Ok(outcomes) => {
+            if outcomes.contains(&Applied::Effect) {
+                fault_exit_after_commit(&ctx, true);
+            }
+            for ((_, meta), applied) in batch.iter().zip(&outcomes) {
+                match applied {
+                    Applied::Effect => ctx.metrics.inc_applied(H::NAME),
+                    Applied::Duplicate => {
+                        ctx.metrics.inc_duplicate(H::NAME);
+                        tracing::info!(
+                            handler = H::NAME,
+                            message_id = meta.message_id.as_deref().unwrap_or(""),
+                            "duplicate delivery: already applied, acked without effect"
+                        );
+                    }
+                }
+            }
+            ack_all(batch.into_iter().map(|(delivery, _)| delivery), &ctx).await;
+            let took = started.elapsed();
+            for _ in &outcomes {
+                ctx.metrics.observe_handled(H::NAME, took);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(
+                handler = H::NAME,
+                messages = batch.len(),
+                %error,
+                "the batch failed as a whole; applying its messages one at a time"
+            );
+            for (delivery, _) in batch {
+                process(route.clone(), delivery, ctx.clone()).await;
+            }
+        }
+    }
+}
+
+/// Acks a committed batch. With one transaction in flight per queue, every
+/// earlier delivery of the channel is settled by now, so one `basic.ack`
+/// with `multiple` for the last one acks exactly the batch (for a quorum
+/// queue one settle command instead of one per message); otherwise each is
+/// acked.
+async fn ack_all(deliveries: impl DoubleEndedIterator<Item = Delivery>, ctx: &QueueContext) {
+    let acked = if ctx.config.concurrency == 1 {
+        match deliveries.max_by_key(|d| d.delivery_tag) {
+            Some(last) => last
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await
+                .map(drop),
+            None => Ok(()),
+        }
+    } else {
+        let mut acked = Ok(());
+        for delivery in deliveries {
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                acked = Err(e);
+            }
+        }
+        acked
+    };
+    if let Err(e) = acked {
+        // The broker redelivers them; the inbox absorbs that.
+        tracing::warn!(error = %e, "ack failed; the messages will be redelivered");
+    }
 }
 
 /// Acks `delivery` once its outcome is safe: committed, or republished to a
@@ -330,7 +468,7 @@ impl Runtime {
             !config.retry_delays.is_empty(),
             "retry_delays needs at least one delay"
         );
-        if config.fault_exit_after_commit {
+        if config.fault_exit_after_commit || config.fault_exit_after_batch {
             tracing::warn!(
                 "CONSUMER_FAULT_EXIT_AFTER_COMMIT is set: this process exits after its first commit (test hook)"
             );
@@ -488,12 +626,18 @@ struct QueueConsumer {
 }
 
 impl QueueConsumer {
-    /// Spawns a task per delivery (at most `prefetch` arrive unacked) until
-    /// told to stop or the channel fails; then waits for those tasks.
-    /// Returns why it ended.
+    /// Takes what the broker has sent (up to `batch_size` deliveries at
+    /// once) and hands it to a task, at most `concurrency` tasks at a time,
+    /// until told to stop or the channel fails; then waits for those tasks.
+    /// Under light load every delivery is a batch of one and is handled at
+    /// once; under load the deliveries that arrive while the tasks are busy
+    /// form the next batch. Returns why it ended.
     async fn run(mut self, mut stop: watch::Receiver<bool>) -> String {
         let mut in_flight = JoinSet::new();
+        let batch_size = self.context.config.batch_size.max(1);
+        let concurrency = self.context.config.concurrency.max(1);
         let reason = loop {
+            let full = in_flight.len() >= concurrency;
             tokio::select! {
                 () = stop.wait_for(|stop| *stop).map(drop) => {
                     // basic.cancel: the broker sends nothing more; what it
@@ -508,9 +652,28 @@ impl QueueConsumer {
                     break "stopped".to_owned();
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => log_task_end(done),
-                next = self.consumer.next() => match next {
+                next = self.consumer.next(), if !full => match next {
                     Some(Ok(delivery)) => {
-                        in_flight.spawn(self.route.clone().process(delivery, self.context.clone()));
+                        let mut batch = vec![delivery];
+                        let mut ended = None;
+                        while batch.len() < batch_size {
+                            match self.consumer.next().now_or_never() {
+                                Some(Some(Ok(delivery))) => batch.push(delivery),
+                                Some(Some(Err(e))) => {
+                                    ended = Some(format!("queue {}: {e}", self.context.queues.work));
+                                    break;
+                                }
+                                Some(None) => {
+                                    ended = Some(format!("queue {}: the broker cancelled the consumer", self.context.queues.work));
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        in_flight.spawn(self.route.clone().process(batch, self.context.clone()));
+                        if let Some(reason) = ended {
+                            break reason;
+                        }
                     }
                     Some(Err(e)) => break format!("queue {}: {e}", self.context.queues.work),
                     None => break format!("queue {}: the broker cancelled the consumer", self.context.queues.work),

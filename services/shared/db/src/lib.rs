@@ -22,7 +22,7 @@ mod tx_span;
 
 pub use after_commit::{after_commit, with_after_commit};
 pub use pool_metrics::PoolMetrics;
-pub use tx_span::transaction_span;
+pub use tx_span::{replace_transaction_span, transaction_span};
 
 pub type Pool = deadpool::Pool<AsyncPgConnection>;
 pub type PooledConnection = deadpool::Object<AsyncPgConnection>;
@@ -172,6 +172,17 @@ pub fn redact(url: &str) -> String {
 
 /// Is this error a lost or unreachable database rather than a bad query?
 /// Callers answer UNAVAILABLE (retry) for these and INTERNAL otherwise.
+/// True when every pooled connection was busy for the whole wait: the
+/// database is up but the process has more work than connections. A
+/// caller should hear "busy, retry later" (RESOURCE_EXHAUSTED), not
+/// "unavailable": the database may be perfectly healthy.
+pub fn is_busy(err: &PoolError) -> bool {
+    matches!(
+        err,
+        PoolError::Timeout(::deadpool::managed::TimeoutType::Wait)
+    )
+}
+
 pub fn is_unavailable(err: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error};
     match err {

@@ -51,3 +51,17 @@ pub fn transaction_span(conn: &mut diesel_async::AsyncPgConnection) -> Option<tr
         .downcast_ref::<TransactionSpans>()
         .and_then(|spans| spans.current.clone())
 }
+
+/// Makes `span` the span of the transaction open on `conn` and returns the
+/// one it replaces, which the caller puts back. A transaction that applies
+/// several messages runs each under its message's span this way, so what a
+/// message appends to the outbox continues that message's trace.
+pub fn replace_transaction_span(
+    conn: &mut diesel_async::AsyncPgConnection,
+    span: Option<tracing::Span>,
+) -> Option<tracing::Span> {
+    match conn.instrumentation().downcast_mut::<TransactionSpans>() {
+        Some(spans) => std::mem::replace(&mut spans.current, span),
+        None => None,
+    }
+}

@@ -33,7 +33,14 @@ pub struct Access {
     pub admin_methods: &'static [&'static str],
     /// Per client address; `None` is no limit.
     pub rate_limit: Option<RateLimit>,
+    /// Customer calls in flight at once, over all clients (admission
+    /// control); beyond it a call is shed at once. `None` is no limit.
+    pub max_in_flight: Option<usize>,
 }
+
+/// How long a shed client is told to wait (RetryInfo): about the time a
+/// loaded server needs to work off what it holds.
+const SHED_RETRY_AFTER: Duration = Duration::from_millis(250);
 
 /// How often addresses that have been quiet long enough to have a full
 /// bucket again are forgotten, so the limiter's memory stays bounded.
@@ -49,6 +56,8 @@ struct Policy {
     /// The service's own non-admin methods.
     limited: HashSet<String>,
     limiter: Option<(Arc<DefaultKeyedRateLimiter<IpAddr>>, RateLimit)>,
+    /// Permits for customer calls in flight, and their number.
+    admission: Option<(Arc<tokio::sync::Semaphore>, usize)>,
 }
 
 impl AccessLayer {
@@ -77,11 +86,15 @@ impl AccessLayer {
             forget_quiet_clients(Arc::downgrade(&limiter));
             Some((limiter, limit))
         });
+        let admission = access
+            .max_in_flight
+            .map(|n| (Arc::new(tokio::sync::Semaphore::new(n)), n));
         Ok(Self(Arc::new(Policy {
             admin_token: access.admin_token,
             admin,
             limited,
             limiter,
+            admission,
         })))
     }
 }
@@ -124,6 +137,19 @@ impl Policy {
             return Err(rate_limited(peer, *limit, wait));
         }
         Ok(())
+    }
+
+    /// A permit for a customer call (held until it is answered), `None`
+    /// for calls outside admission control, or the status that sheds it.
+    fn admit(&self, path: &str) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, Status> {
+        match &self.admission {
+            Some((permits, limit)) if self.limited.contains(path) => permits
+                .clone()
+                .try_acquire_owned()
+                .map(Some)
+                .map_err(|_| shed(*limit)),
+            _ => Ok(None),
+        }
     }
 
     fn check_admin(&self, headers: &http::HeaderMap) -> Result<(), Status> {
@@ -183,6 +209,23 @@ fn rate_limited(peer: IpAddr, limit: RateLimit, wait: Duration) -> Status {
     )
 }
 
+/// RESOURCE_EXHAUSTED for a call beyond the admission limit: the server is
+/// healthy but busy, so the client retries later (RetryInfo) instead of
+/// waiting in a queue that only grows.
+fn shed(limit: usize) -> Status {
+    let description = format!("more than {limit} calls in flight on this server");
+    let mut details = ErrorDetails::with_retry_info(Some(SHED_RETRY_AFTER));
+    details.add_quota_failure_violation("server:in-flight", description.clone());
+    Status::with_error_details(
+        Code::ResourceExhausted,
+        format!(
+            "overloaded: {description} (GRPC_MAX_IN_FLIGHT); retry in {} ms",
+            SHED_RETRY_AFTER.as_millis()
+        ),
+        details,
+    )
+}
+
 impl<S> tower::Layer<S> for AccessLayer {
     type Service = Guarded<S>;
 
@@ -222,8 +265,20 @@ where
             .get::<TcpConnectInfo>()
             .and_then(TcpConnectInfo::remote_addr)
             .map(|a| a.ip());
-        match self.policy.check(req.uri().path(), req.headers(), peer) {
-            Ok(()) => Box::pin(self.inner.call(req)),
+        let admitted = self
+            .policy
+            .check(req.uri().path(), req.headers(), peer)
+            .and_then(|()| self.policy.admit(req.uri().path()));
+        match admitted {
+            Ok(None) => Box::pin(self.inner.call(req)),
+            Ok(Some(permit)) => {
+                let call = self.inner.call(req);
+                Box::pin(async move {
+                    let answer = call.await;
+                    drop(permit);
+                    answer
+                })
+            }
             Err(status) => {
                 let response = status.into_http::<ResBody>();
                 Box::pin(std::future::ready(Ok(response)))
@@ -245,6 +300,7 @@ mod tests {
                 admin_token: token.map(Secret::new),
                 admin_methods: &[ADMIN],
                 rate_limit: limit.map(|(per_second, burst)| RateLimit { per_second, burst }),
+                max_in_flight: None,
             },
             HashSet::from([ADMIN.to_owned(), OPEN.to_owned()]),
         )
@@ -298,12 +354,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn customer_calls_beyond_the_admission_limit_are_shed_with_retry_info() {
+        let layer = AccessLayer::new(
+            Access {
+                admin_token: Some(Secret::new("0123456789abcdef")),
+                admin_methods: &[ADMIN],
+                rate_limit: None,
+                max_in_flight: Some(2),
+            },
+            HashSet::from([ADMIN.to_owned(), OPEN.to_owned()]),
+        )
+        .unwrap();
+        let policy = &layer.0;
+        let first = policy.admit(OPEN).unwrap();
+        let second = policy.admit(OPEN).unwrap();
+        assert!(first.is_some() && second.is_some());
+        let status = policy.admit(OPEN).unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("GRPC_MAX_IN_FLIGHT"),
+            "{}",
+            status.message()
+        );
+        let retry = status.get_details_retry_info().expect("RetryInfo");
+        assert_eq!(retry.retry_delay, Some(SHED_RETRY_AFTER));
+        // Admin RPCs, health and reflection are not admission controlled.
+        assert!(policy.admit(ADMIN).unwrap().is_none());
+        assert!(
+            policy
+                .admit("/grpc.health.v1.Health/Check")
+                .unwrap()
+                .is_none()
+        );
+        // An answered call frees its place.
+        drop(first);
+        assert!(policy.admit(OPEN).unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn an_unknown_admin_method_is_a_startup_error() {
         let err = AccessLayer::new(
             Access {
                 admin_token: None,
                 admin_methods: &["/pkg.Svc/Typo"],
                 rate_limit: None,
+                max_in_flight: None,
             },
             HashSet::from([OPEN.to_owned()]),
         )

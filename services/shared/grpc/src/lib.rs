@@ -397,6 +397,15 @@ fn cut(mut text: String) -> String {
 }
 
 /// FAILED_PRECONDITION with a `google.rpc.PreconditionFailure` detail.
+/// RESOURCE_EXHAUSTED for a healthy server with more work than it can
+/// take now (every database connection busy): the client retries after
+/// `retry_after` (RetryInfo).
+pub fn busy(message: &str, retry_after: Duration) -> Status {
+    let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+    details.add_quota_failure_violation("server:database-connections", message.to_owned());
+    Status::with_error_details(Code::ResourceExhausted, message.to_owned(), details)
+}
+
 pub fn failed_precondition(kind: &str, subject: &str, description: &str) -> Status {
     let mut details = ErrorDetails::new();
     details.add_precondition_failure_violation(kind, subject, description);

@@ -32,13 +32,62 @@ use schema::outbox;
 /// vary, and re-parsing this one on every append costs the database.
 #[derive(Insertable)]
 #[diesel(table_name = outbox, treat_none_as_default_value = false)]
-struct NewOutboxRow<'a> {
+struct NewOutboxRow {
     id: Uuid,
-    aggregate_type: &'a str,
+    aggregate_type: &'static str,
     aggregate_id: Uuid,
-    event_type: &'a str,
+    event_type: &'static str,
     payload: JsonbBytes,
     headers: JsonbBytes,
+}
+
+tokio::task_local! {
+    /// Set while [`deferring`] runs: appends are collected here.
+    static DEFERRED: std::cell::RefCell<Vec<NewOutboxRow>>;
+}
+
+/// Events appended while [`deferring`] ran, not yet inserted.
+#[must_use = "the events are lost unless inserted"]
+pub struct Deferred(Vec<NewOutboxRow>);
+
+/// Runs `work` with every [`append`] in it collected instead of inserted,
+/// and returns them for one multi-row insert ([`Deferred::insert`]) in the
+/// same transaction: a consumer applying a batch of messages writes its
+/// events with one statement (and one run of the outbox trigger) instead
+/// of one per event. The events keep their order, and with it their `seq`.
+pub async fn deferring<T>(work: impl Future<Output = T>) -> (T, Deferred) {
+    DEFERRED
+        .scope(std::cell::RefCell::new(Vec::new()), async {
+            let out = work.await;
+            (out, Deferred(DEFERRED.with(std::cell::RefCell::take)))
+        })
+        .await
+}
+
+impl Deferred {
+    /// How many events are waiting.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Inserts the events, in the order they were appended, with one
+    /// statement per 1,000.
+    ///
+    /// # Errors
+    /// The database error of the insert.
+    pub async fn insert(self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        for chunk in self.0.chunks(1_000) {
+            diesel::insert_into(outbox::table)
+                .values(chunk)
+                .execute(conn)
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 /// JSON already serialized, sent as `jsonb`: serializing straight to bytes
@@ -104,17 +153,21 @@ async fn insert<E: Event>(
     let envelope = CloudEvent::new(source, event);
     let id = envelope.id;
     tracing::Span::current().record("event.id", tracing::field::display(id));
-    let payload = JsonbBytes::of(&envelope)?;
-    let headers = JsonbBytes::of(&TraceHeaders::capture())?;
+    let row = NewOutboxRow {
+        id,
+        aggregate_type: E::AGGREGATE_TYPE,
+        aggregate_id,
+        event_type: E::TYPE,
+        payload: JsonbBytes::of(&envelope)?,
+        headers: JsonbBytes::of(&TraceHeaders::capture())?,
+    };
+    // Inside `deferring`: collected for one insert later.
+    if DEFERRED.try_with(|_| ()).is_ok() {
+        DEFERRED.with(|rows| rows.borrow_mut().push(row));
+        return Ok(id);
+    }
     diesel::insert_into(outbox::table)
-        .values(NewOutboxRow {
-            id,
-            aggregate_type: E::AGGREGATE_TYPE,
-            aggregate_id,
-            event_type: E::TYPE,
-            payload,
-            headers,
-        })
+        .values(row)
         .execute(conn)
         .await?;
     Ok(id)

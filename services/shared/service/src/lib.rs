@@ -111,6 +111,7 @@ impl<S: Service> Application<S> {
                 admin_token: service.admin_token.clone(),
                 admin_methods: S::ADMIN_METHODS,
                 rate_limit: service.rate_limit,
+                max_in_flight: service.max_in_flight,
             },
             consumer: config.consumer.clone(),
             registry,

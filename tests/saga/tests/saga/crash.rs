@@ -85,3 +85,96 @@ async fn inventory_killed_between_commit_and_ack_reserves_once() {
         "charged once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn inventory_killed_after_committing_a_batch_applies_each_order_once() {
+    let mut system = System::start().await;
+    let product = system.stock_product(100).await;
+    // Inventory is away while 20 orders are placed: their order.placed wait
+    // in its queue, so the restarted consumer takes them in batches.
+    system.kill("inventory").await;
+    let mut orders = Vec::new();
+    for _ in 0..20 {
+        orders.push(system.create_order(&[(product, 1)], "tok_visa").await);
+    }
+    crate::harness::wait_for(
+        "the relay published the 20 order.placed",
+        SETTLE,
+        || async {
+            match system
+                .scalar("order", "SELECT count(*) FROM outbox_pending", &[])
+                .await
+            {
+                0 => Ok(()),
+                n => Err(format!("{n} pending")),
+            }
+        },
+    )
+    .await;
+    // Commits a batch of several, then exits before acking it.
+    system
+        .restart_with("inventory", &[("CONSUMER_FAULT_EXIT_AFTER_BATCH", "1")])
+        .await;
+    let mut crashed = system.take_proc("inventory");
+    let status = crashed.wait_exit(SETTLE).await;
+    assert_eq!(
+        status.code(),
+        Some(86),
+        "exits after the batch, got {status}"
+    );
+    let committed = system
+        .scalar(
+            "inventory",
+            "SELECT count(*) FROM inbox WHERE handler = 'reserve-stock'",
+            &[],
+        )
+        .await;
+    assert!(
+        committed >= 2,
+        "a batch committed before the exit: {committed} reservations"
+    );
+
+    system.restart("inventory").await;
+    for order_id in &orders {
+        let order = system.wait_until_settled(*order_id).await;
+        assert_eq!(
+            order["status"], "ORDER_STATUS_CONFIRMED",
+            "GetOrder: {order}"
+        );
+    }
+    system.wait_idle(Duration::from_secs(30)).await;
+    assert!(
+        system
+            .logs("inventory")
+            .count_containing(&["duplicate delivery", "reserve-stock"])
+            >= 2,
+        "the unacked batch came back and was absorbed as duplicates"
+    );
+    let count = |sql: &'static str| system.scalar("inventory", sql, &[]);
+    assert_eq!(
+        count("SELECT count(*) FROM reservations WHERE status = 'COMMITTED'").await,
+        20
+    );
+    assert_eq!(count("SELECT count(*) FROM reservation_lines").await, 20);
+    assert_eq!(
+        count("SELECT count(*) FROM outbox WHERE event_type = 'inventory.reserved'").await,
+        20,
+        "one inventory.reserved per order"
+    );
+    assert_eq!(
+        system.stock(product).await,
+        (80, 0),
+        "stock moved once per order"
+    );
+    assert_eq!(
+        system
+            .scalar(
+                "payment",
+                "SELECT count(*) FROM payments WHERE status = 'COMPLETED'",
+                &[]
+            )
+            .await,
+        20,
+        "charged once per order"
+    );
+}

@@ -529,8 +529,17 @@ impl System {
 
     /// Starts a service again (after [`Self::kill`]) with the test defaults.
     pub async fn restart(&mut self, service: &str) {
+        self.restart_with(service, &[]).await;
+    }
+
+    /// Starts a service again with `env` on top of the test defaults.
+    pub async fn restart_with(&mut self, service: &str, env: &[(&str, &str)]) {
         assert!(self.service(service).proc.is_none(), "{service} still runs");
-        let (proc, addr) = self.spawn_service(service, &[]).await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (proc, addr) = self.spawn_service(service, &env).await;
         let s = self.service_mut(service);
         s.proc = Some(proc);
         s.addr = addr;

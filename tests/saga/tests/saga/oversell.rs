@@ -1,4 +1,5 @@
-//! 200 concurrent one-unit orders for 50 units: exactly 50 sold.
+//! 1,000 concurrent one-unit orders for 300 units of one hot product:
+//! exactly 300 sold, whatever batches the consumers apply them in.
 
 use std::time::Duration;
 
@@ -8,13 +9,13 @@ use uuid::Uuid;
 use crate::harness::{System, create_request, line, wait_for};
 
 #[tokio::test(flavor = "multi_thread")]
-async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
+async fn a_thousand_concurrent_orders_for_three_hundred_units_sell_exactly_three_hundred() {
     let system = System::start().await;
-    let product = system.stock_product(50).await;
+    let product = system.stock_product(300).await;
     let client = system.order_client().await;
 
     let mut calls = JoinSet::new();
-    for _ in 0..200 {
+    for _ in 0..1000 {
         let mut client = client.clone();
         calls.spawn(async move {
             client
@@ -30,11 +31,11 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
             .unwrap_or_else(|e| panic!("CreateOrder failed: {e}"));
         ids.push(id.parse::<Uuid>().unwrap());
     }
-    assert_eq!(ids.len(), 200);
+    assert_eq!(ids.len(), 1000);
 
     wait_for(
-        "all 200 orders leave PENDING",
-        Duration::from_secs(60),
+        "all 1000 orders leave PENDING",
+        Duration::from_secs(120),
         || async {
             let pending = system
                 .scalar(
@@ -69,8 +70,8 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
     let (confirmed, cancelled) = (count("CONFIRMED").await, count("CANCELLED").await);
     assert_eq!(
         (confirmed, cancelled),
-        (50, 150),
-        "(CONFIRMED, CANCELLED) for 200 orders of 1 unit on 50 units"
+        (300, 700),
+        "(CONFIRMED, CANCELLED) for 1000 orders of 1 unit on 300 units"
     );
     assert_eq!(
         system.stock(product).await,
@@ -84,5 +85,5 @@ async fn two_hundred_concurrent_orders_for_fifty_units_sell_exactly_fifty() {
             &[],
         )
         .await;
-    assert_eq!(completed, 50, "one COMPLETED payment per confirmed order");
+    assert_eq!(completed, 300, "one COMPLETED payment per confirmed order");
 }

@@ -58,13 +58,15 @@ async fn the_same_message_published_twice_is_applied_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn up_to_prefetch_deliveries_are_handled_concurrently() {
+async fn up_to_concurrency_transactions_run_at_once() {
     let world = World::new().await;
-    // Each call waits until 4 calls wait together: only concurrent handling
-    // gets past the barrier.
+    // Each call waits until 4 calls wait together: only 4 transactions in
+    // flight at once (one message each) get past the barrier.
     let handler = Recorder::new(Behavior::Together(Arc::new(tokio::sync::Barrier::new(4))));
     let config = ConsumerConfig {
         prefetch: 4,
+        batch_size: 1,
+        concurrency: 4,
         ..world.config()
     };
     let consumer = world.consumer(config, handler);

@@ -61,6 +61,8 @@ pub enum Behavior {
     FailFirst(usize),
     AlwaysTransient,
     Reject,
+    /// Reject the event with this id, apply every other.
+    RejectOne(Uuid),
     /// Insert the effect, append an outbox row, then fail with `Reject`.
     WriteThenReject,
     /// Apply after sleeping (keeps deliveries in flight).
@@ -141,6 +143,10 @@ impl Handler for Recorder {
                 "order {} is unknown here",
                 event.data.id
             ))),
+            Behavior::RejectOne(poison) if event.data.id == *poison => {
+                Err(HandlerError::Reject("poison".to_owned()))
+            }
+            Behavior::RejectOne(_) => insert_effect(conn, &event.data).await,
             Behavior::WriteThenReject => {
                 insert_effect(conn, &event.data).await?;
                 orderflow_outbox::append(conn, "orderflow/svc", event.data.clone()).await?;

@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod batches;
 mod delivery;
 mod failures;
 mod resilience;

@@ -99,7 +99,13 @@ async fn shutdown_lets_handlers_in_flight_finish_and_ack() {
         started: started.clone(),
         gate: gate.clone(),
     });
-    let consumer = world.consumer(world.config(), handler.clone());
+    // Two transactions of one message each, both held at the gate.
+    let config = ConsumerConfig {
+        batch_size: 1,
+        concurrency: 2,
+        ..world.config()
+    };
+    let consumer = world.consumer(config, handler.clone());
     let metrics = consumer.metrics();
     let mut running = Running::start(consumer).await;
     let publisher = world.publisher().await;
