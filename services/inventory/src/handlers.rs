@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use orderflow_db::CachedExt as _;
 use orderflow_consumer::{Consumer, Handler, HandlerResult};
 use orderflow_events::{
     CloudEvent,
@@ -308,6 +309,7 @@ async fn reserve(conn: &mut AsyncPgConnection, order: &OrderPlaced) -> QueryResu
             reservations::reason.eq(&reason),
             reservations::updated_at.eq(diesel::dsl::now),
         ))
+        .cached()
         .execute(conn)
         .await?;
     orderflow_outbox::append(
@@ -340,6 +342,7 @@ async fn take(
                 products::reserved.eq(products::reserved + q),
                 products::updated_at.eq(diesel::dsl::now),
             ))
+            .cached()
             .execute(conn)
             .await?;
     }
@@ -355,6 +358,7 @@ async fn take(
         .collect();
     diesel::insert_into(reservation_lines::table)
         .values(&rows)
+        .cached()
         .execute(conn)
         .await?;
     orderflow_outbox::append(
@@ -433,6 +437,7 @@ async fn release(conn: &mut AsyncPgConnection, order_id: Uuid, reason: &str) -> 
                 products::reserved.eq(products::reserved - q),
                 products::updated_at.eq(diesel::dsl::now),
             ))
+            .cached()
             .execute(conn)
             .await?;
     }
@@ -442,6 +447,7 @@ async fn release(conn: &mut AsyncPgConnection, order_id: Uuid, reason: &str) -> 
             reservations::reason.eq(reason),
             reservations::updated_at.eq(diesel::dsl::now),
         ))
+        .cached()
         .execute(conn)
         .await?;
     orderflow_outbox::append(
@@ -473,6 +479,7 @@ async fn commit(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()>
                 products::reserved.eq(products::reserved - i64::from(line.quantity)),
                 products::updated_at.eq(diesel::dsl::now),
             ))
+            .cached()
             .execute(conn)
             .await?;
     }
@@ -481,6 +488,7 @@ async fn commit(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()>
             reservations::status.eq(status::COMMITTED),
             reservations::updated_at.eq(diesel::dsl::now),
         ))
+        .cached()
         .execute(conn)
         .await?;
     tracing::Span::current().record("outcome", status::COMMITTED);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl};
-use orderflow_db::{Pool, PoolError};
+use orderflow_db::{CachedExt as _, Pool, PoolError};
 use orderflow_events::order::{OrderCancelled, OrderConfirmed, OrderPlaced, OrderPlacedLine};
 use uuid::Uuid;
 
@@ -208,6 +208,7 @@ async fn insert_order(
         .collect();
     diesel::insert_into(order_lines::table)
         .values(&lines)
+        .cached()
         .execute(conn)
         .await?;
     orderflow_outbox::append(
@@ -430,6 +431,7 @@ pub async fn cancel_in_tx(
             orders::updated_at.eq(diesel::dsl::now),
         ))
         .returning(orders::updated_at)
+        .cached()
         .get_result(conn)
         .await?;
     row.status = status::CANCELLED.to_owned();
@@ -466,6 +468,7 @@ pub async fn confirm_in_tx(conn: &mut AsyncPgConnection, id: Uuid) -> Result<Ord
             orders::updated_at.eq(diesel::dsl::now),
         ))
         .returning(orders::updated_at)
+        .cached()
         .get_result(conn)
         .await?;
     row.status = status::CONFIRMED.to_owned();

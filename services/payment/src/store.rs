@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use orderflow_db::{Pool, PoolError};
+use orderflow_db::{CachedExt as _, Pool, PoolError};
 use orderflow_events::{
     inventory::InventoryReserved,
     order::OrderCancelled,
@@ -190,6 +190,7 @@ pub enum Outcome {
 async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
     diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
         .bind::<diesel::sql_types::Uuid, _>(order_id)
+        .cached()
         .execute(conn)
         .await
         .map(|_| ())
@@ -206,6 +207,7 @@ pub async fn lock_orders(conn: &mut AsyncPgConnection, order_ids: Vec<Uuid>) -> 
          (SELECT DISTINCT hashtextextended(id::text, 7) AS k FROM unnest($1::uuid[]) AS id ORDER BY k) AS keys",
     )
     .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(order_ids)
+    .cached()
     .execute(conn)
     .await
     .map(|_| ())
@@ -278,6 +280,7 @@ pub async fn charge(
             payments::reason.eq(reason),
             payments::gateway_reference.eq(reference),
         ))
+        .cached()
         .execute(conn)
         .await?;
     match decision {
@@ -348,6 +351,7 @@ pub async fn refund(
             payments::reason.eq(&cancelled.reason),
             payments::updated_at.eq(diesel::dsl::now),
         ))
+        .cached()
         .execute(conn)
         .await?;
     orderflow_outbox::append(

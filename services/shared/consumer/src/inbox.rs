@@ -3,6 +3,7 @@
 use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
 use orderflow_events::CloudEvent;
+use orderflow_db::CachedExt as _;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
@@ -101,6 +102,7 @@ pub(crate) async fn apply_batch<H: Handler>(
             .values(&rows)
             .on_conflict_do_nothing()
             .returning(inbox::message_id)
+            .cached()
             .get_results(conn)
             .await?
             .into_iter()

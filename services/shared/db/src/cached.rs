@@ -52,5 +52,3 @@ impl<Q> QueryId for Cached<Q> {
 impl<Q: Query> Query for Cached<Q> {
     type SqlType = Q::SqlType;
 }
-
-impl<Q, Conn> diesel_async::RunQueryDsl<Conn> for Cached<Q> {}

@@ -17,10 +17,12 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 pub use diesel_async::AsyncPgConnection as PgConnection;
 
 mod after_commit;
+mod cached;
 mod pool_metrics;
 mod tx_span;
 
 pub use after_commit::{after_commit, with_after_commit};
+pub use cached::{Cached, CachedExt};
 pub use pool_metrics::PoolMetrics;
 pub use tx_span::{replace_transaction_span, transaction_span};
 

@@ -75,14 +75,17 @@ impl Deferred {
     }
 
     /// Inserts the events, in the order they were appended, with one
-    /// statement per 1,000.
+    /// prepared statement per 64 (so a connection keeps at most 64 shapes
+    /// of it prepared).
     ///
     /// # Errors
     /// The database error of the insert.
     pub async fn insert(self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
-        for chunk in self.0.chunks(1_000) {
+        use orderflow_db::CachedExt as _;
+        for chunk in self.0.chunks(64) {
             diesel::insert_into(outbox::table)
                 .values(chunk)
+                .cached()
                 .execute(conn)
                 .await?;
         }
