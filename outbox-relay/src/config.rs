@@ -10,6 +10,7 @@
 //! | `RELAY_BATCH_SIZE` | `500` | events per publish batch (per source) |
 //! | `RELAY_PIPELINE_DEPTH` | `2` | full batches of events that may await confirms while the next is claimed and sent |
 //! | `RELAY_POLL_INTERVAL` | `1s` | fallback when no NOTIFY arrives |
+//! | `RELAY_BATCH_LINGER` | `5ms` | after a claim that found less than a full batch, wait this long before the next claim, so events that arrive one by one go out together; `0s`: claim again at once |
 //! | `RELAY_LEASE_TTL` | `10s` | a dead replica's partitions are taken over after this |
 //! | `RELAY_PUBLISH_TIMEOUT` | `10s` | wait for broker confirms before reconnecting |
 //! | `RELAY_MAX_ATTEMPTS` | `10` | failed publishes (nack, unroutable) before an event is parked |
@@ -56,6 +57,8 @@ pub struct RelayConfig {
     /// broker, so small batches under a light load never wait.
     pub pipeline_depth: usize,
     pub poll_interval: Duration,
+    /// `RELAY_BATCH_LINGER`: the pause after a partial batch.
+    pub batch_linger: Duration,
     pub lease_ttl: Duration,
     pub publish_timeout: Duration,
     pub retry: RetryPolicy,
@@ -86,6 +89,7 @@ impl RelayConfig {
             batch_size: in_range_or(src, "RELAY_BATCH_SIZE", 500, 1..=10_000)?,
             pipeline_depth: in_range_or(src, "RELAY_PIPELINE_DEPTH", 2, 1..=16)?,
             poll_interval: duration_or(src, "RELAY_POLL_INTERVAL", Duration::from_secs(1))?,
+            batch_linger: duration_or(src, "RELAY_BATCH_LINGER", Duration::from_millis(5))?,
             lease_ttl: duration_or(src, "RELAY_LEASE_TTL", Duration::from_secs(10))?,
             publish_timeout: duration_or(src, "RELAY_PUBLISH_TIMEOUT", Duration::from_secs(10))?,
             retry: RetryPolicy {

@@ -158,15 +158,26 @@ impl Source {
             };
 
             let worked = if active.is_empty() && in_flight.is_empty() {
-                Ok(0)
+                Ok((0, 0))
             } else {
                 self.cycle(&mut publisher, active, &mut in_flight).await
             };
             match worked {
-                Ok(n) if n > 0 => {
+                Ok((claimed, settled)) if claimed + settled > 0 => {
                     backoff = Duration::from_millis(100);
                     idle_polls = 0;
-                    continue; // more may be waiting: no pause
+                    // A full batch: more is waiting, claim again at once. A
+                    // partial one: events are trickling in; let the next
+                    // ones gather for a moment, so that one claim and one
+                    // publish carry several (cheaper for PostgreSQL, the
+                    // broker and the relay alike).
+                    if claimed < self.relay.batch_size && !self.relay.batch_linger.is_zero() {
+                        tokio::select! {
+                            () = tokio::time::sleep(self.relay.batch_linger) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                    }
+                    continue;
                 }
                 Ok(_) => backoff = Duration::from_millis(100),
                 Err(e) => {
@@ -266,7 +277,8 @@ impl Source {
             return Ok(Waiting::WritersBusy);
         }
         drop(conn);
-        if self.cycle(publisher, partitions, in_flight).await? > 0 {
+        let (claimed, settled) = self.cycle(publisher, partitions, in_flight).await?;
+        if claimed + settled > 0 {
             self.stop_waiting().await?;
             return Ok(Waiting::FoundWork);
         }
@@ -295,13 +307,14 @@ impl Source {
     /// the broker only while more than `pipeline_depth` full batches of
     /// events are unanswered, so under a light load a new event is sent at
     /// once instead of after the confirms of the events before it. Returns
-    /// how many events it sent or settled; 0 means there was nothing to do.
+    /// how many events it sent and how many it settled; (0, 0) means there
+    /// was nothing to do.
     async fn cycle(
         &self,
         publisher: &mut Publisher,
         partitions: &[i16],
         in_flight: &mut VecDeque<InFlight>,
-    ) -> anyhow::Result<usize> {
+    ) -> anyhow::Result<(usize, usize)> {
         let events = if partitions.is_empty() {
             Vec::new()
         } else {
@@ -348,7 +361,7 @@ impl Source {
             unanswered -= oldest.events();
             settled += self.settle(publisher, oldest).await?;
         }
-        Ok(claimed + settled)
+        Ok((claimed, settled))
     }
 
     /// Awaits a batch's confirms and records the outcome of each event.

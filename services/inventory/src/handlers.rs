@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use orderflow_db::CachedExt as _;
 use orderflow_consumer::{Consumer, Handler, HandlerResult};
+use orderflow_db::CachedExt as _;
 use orderflow_events::{
     CloudEvent,
     inventory::{InventoryRejected, InventoryReleased, InventoryReserved, ReservedLine, Shortage},

@@ -184,6 +184,78 @@ pub enum Outcome {
     NoRecipient,
 }
 
+/// [`send`] for a batch of drafts (distinct events), with two statements
+/// for all of them: the customers' phones, then one multi-row insert. Each
+/// draft's log line is written in its span. `Err(customer)` (and nothing
+/// stored) when some draft has no recipient, so the caller can apply the
+/// drafts one at a time and park that one alone.
+///
+/// # Errors
+/// Database errors.
+pub async fn send_all(
+    conn: &mut AsyncPgConnection,
+    drafts: Vec<(Draft<'_>, tracing::Span)>,
+) -> QueryResult<Result<(), Uuid>> {
+    use orderflow_db::CachedExt as _;
+    let mut customers: Vec<Uuid> = drafts.iter().map(|(d, _)| d.customer_id).collect();
+    customers.sort_unstable();
+    customers.dedup();
+    let phones: std::collections::HashMap<Uuid, String> = contacts::table
+        .filter(contacts::customer_id.eq_any(&customers))
+        .select((contacts::customer_id, contacts::phone))
+        .load::<(Uuid, String)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let mut rows = Vec::with_capacity(drafts.len());
+    for (draft, _) in &drafts {
+        let (channel, recipient) = match phones.get(&draft.customer_id) {
+            Some(phone) => (channel::SMS, phone.clone()),
+            None if !draft.customer_email.is_empty() => {
+                (channel::EMAIL, draft.customer_email.to_owned())
+            }
+            None => return Ok(Err(draft.customer_id)),
+        };
+        rows.push((
+            notifications::notification_id.eq(Uuid::now_v7()),
+            notifications::event_id.eq(draft.event_id),
+            notifications::customer_id.eq(draft.customer_id),
+            notifications::order_id.eq(draft.order_id),
+            notifications::channel.eq(channel),
+            notifications::recipient.eq(recipient),
+            notifications::event_type.eq(draft.event_type),
+            notifications::subject.eq(draft.message.subject.clone()),
+            notifications::body.eq(draft.message.body.clone()),
+        ));
+    }
+    let sent: Vec<Notification> = diesel::insert_into(notifications::table)
+        .values(rows)
+        .on_conflict(notifications::event_id)
+        .do_nothing()
+        .returning(Notification::as_returning())
+        .cached()
+        .get_results(conn)
+        .await?;
+    for row in &sent {
+        if let Some((_, span)) = drafts.iter().find(|(d, _)| d.event_id == row.event_id) {
+            span.in_scope(|| log_sent(row));
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// The simulated delivery. The recipient is personal data: not logged.
+fn log_sent(row: &Notification) {
+    tracing::info!(
+        notification.id = %row.notification_id,
+        notification.channel = %row.channel,
+        event.type = %row.event_type,
+        order.id = %row.order_id,
+        subject = %row.subject,
+        "notification sent"
+    );
+}
+
 /// "Sends" the notification: SMS when a phone is known for the customer,
 /// else e-mail; stored once per event id; a log line stands for delivery.
 ///
@@ -224,14 +296,6 @@ pub async fn send(conn: &mut AsyncPgConnection, draft: Draft<'_>) -> QueryResult
     let Some(row) = row else {
         return Ok(Outcome::Duplicate);
     };
-    // The simulated delivery. The recipient is personal data: not logged.
-    tracing::info!(
-        notification.id = %row.notification_id,
-        notification.channel = %row.channel,
-        event.type = %row.event_type,
-        order.id = %row.order_id,
-        subject = %row.subject,
-        "notification sent"
-    );
+    log_sent(&row);
     Ok(Outcome::Sent(Box::new(row)))
 }

@@ -2,12 +2,11 @@
 
 use diesel::ExpressionMethods as _;
 use diesel_async::{AsyncConnection as _, RunQueryDsl as _};
-use orderflow_events::CloudEvent;
 use orderflow_db::CachedExt as _;
-use tracing::Instrument as _;
+use orderflow_events::CloudEvent;
 use uuid::Uuid;
 
-use crate::{Handler, HandlerError};
+use crate::{Handler, HandlerError, Traced};
 
 diesel::table! {
     inbox (message_id, handler) {
@@ -119,28 +118,21 @@ pub(crate) async fn apply_batch<H: Handler>(
                 }
             })
             .collect();
-        let fresh: Vec<&CloudEvent<H::Event>> = items
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| **o == Applied::Effect)
-            .map(|(item, _)| &item.event)
-            .collect();
-        handler.before_batch(conn, &fresh).await?;
-        drop(fresh);
-        // The batch's events go to the outbox in one statement at the end.
-        let (handled, events) = orderflow_outbox::deferring(async {
-            for (item, outcome) in items.into_iter().zip(&outcomes) {
-                if *outcome == Applied::Duplicate || !new.remove(&item.message_id) {
-                    continue;
-                }
-                let outer = orderflow_db::replace_transaction_span(conn, Some(item.span.clone()));
-                let handled = handler.handle(conn, item.event).instrument(item.span).await;
-                orderflow_db::replace_transaction_span(conn, outer);
-                handled?;
+        let mut fresh = Vec::with_capacity(items.len());
+        for (item, outcome) in items.into_iter().zip(&outcomes) {
+            if *outcome == Applied::Effect && new.remove(&item.message_id) {
+                fresh.push(Traced {
+                    event: item.event,
+                    span: item.span,
+                });
             }
-            Ok::<_, HandlerError>(())
-        })
-        .await;
+        }
+        let events: Vec<&CloudEvent<H::Event>> = fresh.iter().map(|t| &t.event).collect();
+        handler.before_batch(conn, &events).await?;
+        drop(events);
+        // The batch's events go to the outbox in one statement at the end.
+        let (handled, events) =
+            orderflow_outbox::deferring(handler.handle_batch(conn, fresh)).await;
         handled?;
         events.insert(conn).await?;
         Ok(outcomes)

@@ -14,6 +14,7 @@ use diesel_async::AsyncPgConnection;
 use orderflow_events::{CloudEvent, Event};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 pub use config::{ConsumerConfig, FAULT_EXIT_CODE};
 pub use metrics::ConsumerMetrics;
@@ -42,6 +43,13 @@ impl From<diesel::result::Error> for HandlerError {
 
 pub type HandlerResult = Result<(), HandlerError>;
 
+/// An event of a batch, with the span of its message (its own trace):
+/// what is done for this event belongs in it.
+pub struct Traced<E> {
+    pub event: CloudEvent<E>,
+    pub span: tracing::Span,
+}
+
 /// Reacts to one event type. Business outcomes (a rejected reservation, a
 /// declined payment) are not errors: they are state changes and events.
 pub trait Handler: Send + Sync + 'static {
@@ -61,6 +69,30 @@ pub trait Handler: Send + Sync + 'static {
         conn: &'c mut AsyncPgConnection,
         event: CloudEvent<Self::Event>,
     ) -> impl Future<Output = HandlerResult> + Send + 'c;
+
+    /// Applies the new events of a batch, in delivery order, inside the
+    /// batch's transaction (after [`Handler::before_batch`]). The default
+    /// runs [`Handler::handle`] for each, each in its message's span. A
+    /// handler whose events all need the same statements overrides it to
+    /// apply them together (one statement for the batch instead of one per
+    /// event); it should do its per-event work, such as logging, in each
+    /// event's span. An error rolls the whole batch back, and the runtime
+    /// then applies each message alone through [`Handler::handle`].
+    fn handle_batch<'c>(
+        &'c self,
+        conn: &'c mut AsyncPgConnection,
+        events: Vec<Traced<Self::Event>>,
+    ) -> impl Future<Output = HandlerResult> + Send + 'c {
+        async move {
+            for Traced { event, span } in events {
+                let outer = orderflow_db::replace_transaction_span(conn, Some(span.clone()));
+                let handled = self.handle(conn, event).instrument(span).await;
+                orderflow_db::replace_transaction_span(conn, outer);
+                handled?;
+            }
+            Ok(())
+        }
+    }
 
     /// Called once before a batch of `events` is applied in one
     /// transaction (each then through [`Handler::handle`], in delivery
