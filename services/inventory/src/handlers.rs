@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use diesel::{OptionalExtension as _, prelude::*};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use orderflow_consumer::{Consumer, Handler, HandlerResult};
+use orderflow_consumer::{Consumer, Handler, HandlerResult, Traced};
 use orderflow_db::CachedExt as _;
 use orderflow_events::{
     CloudEvent,
@@ -69,19 +69,16 @@ impl Handler for ReserveStock {
         Ok(reserve(conn, &event.data).await?)
     }
 
-    /// Every product the batch's orders name, locked once, in product_id
-    /// order: a hot product's orders are reserved under one lock and one
-    /// commit, and two batches cannot deadlock.
-    async fn before_batch(
+    /// The batch with six statements (`reserve_all`): every product its
+    /// orders name is locked once, in product_id order, so a hot product's
+    /// orders are reserved under one lock and one commit, and two batches
+    /// cannot deadlock.
+    async fn handle_batch(
         &self,
         conn: &mut AsyncPgConnection,
-        events: &[&CloudEvent<OrderPlaced>],
+        events: Vec<Traced<OrderPlaced>>,
     ) -> HandlerResult {
-        let ids: BTreeSet<Uuid> = events
-            .iter()
-            .flat_map(|e| e.data.lines.iter().map(|l| l.product_id))
-            .collect();
-        Ok(lock_products(conn, ids.into_iter().collect()).await?)
+        Ok(reserve_all(conn, &events).await?)
     }
 }
 
@@ -161,6 +158,64 @@ impl Handler for CommitReservation {
     ) -> HandlerResult {
         Ok(lock_orders(conn, events.iter().map(|e| e.data.order_id).collect()).await?)
     }
+
+    /// The batch's commits with two statements, whatever its size (the
+    /// rows are locked by `before_batch`).
+    async fn handle_batch(
+        &self,
+        conn: &mut AsyncPgConnection,
+        events: Vec<Traced<OrderConfirmed>>,
+    ) -> HandlerResult {
+        Ok(commit_all(conn, &events).await?)
+    }
+}
+
+/// [`commit`] for a batch: every held reservation of the batch becomes
+/// COMMITTED with one UPDATE, and the products' `reserved` drop by the sum
+/// of those reservations' lines with another. A reservation that is not
+/// held is a replay, skipped as in [`commit`].
+async fn commit_all(
+    conn: &mut AsyncPgConnection,
+    events: &[Traced<OrderConfirmed>],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, Uuid as SqlUuid};
+    let orders: Vec<Uuid> = events.iter().map(|t| t.event.data.order_id).collect();
+    let committed: Vec<Uuid> = diesel::update(reservations::table)
+        .filter(reservations::order_id.eq_any(&orders))
+        .filter(reservations::status.eq(status::RESERVED))
+        .set((
+            reservations::status.eq(status::COMMITTED),
+            reservations::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(reservations::order_id)
+        .cached()
+        .get_results(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE products p SET reserved = p.reserved - l.quantity, updated_at = now() \
+         FROM (SELECT product_id, sum(quantity)::bigint AS quantity FROM reservation_lines \
+               WHERE order_id = ANY($1) GROUP BY product_id) l \
+         WHERE p.product_id = l.product_id",
+    )
+    .bind::<Array<SqlUuid>, _>(&committed)
+    .cached()
+    .execute(conn)
+    .await?;
+    for t in events {
+        let outcome = if committed.contains(&t.event.data.order_id) {
+            status::COMMITTED
+        } else {
+            "skipped"
+        };
+        t.span.in_scope(|| {
+            if outcome == "skipped" {
+                // The saga confirms only reserved orders; anything else is a replay.
+                tracing::warn!(order.id = %t.event.data.order_id, "order.confirmed for a reservation that is not held: nothing to commit");
+            }
+            tracing::debug!(order.id = %t.event.data.order_id, outcome, "inventory.commit");
+        });
+    }
+    Ok(())
 }
 
 /// Locks the products, in product_id order (`ids` sorted).
@@ -240,6 +295,89 @@ fn wanted(order: &OrderPlaced) -> Result<BTreeMap<Uuid, i32>, String> {
     Ok(wanted)
 }
 
+/// What reserving an order decides, given what is available.
+enum Decision {
+    /// Every line fits: take these units.
+    Reserve(BTreeMap<Uuid, i32>),
+    /// Nothing is taken, for this reason.
+    Reject {
+        shortages: Vec<Shortage>,
+        reason: String,
+    },
+}
+
+/// Reserve every line of `order` or none, against `available` (on_hand of
+/// the locked products; a product missing from it is unknown), which a
+/// reservation reduces so that the next order of a batch sees what is left.
+fn decide(order: &OrderPlaced, available: &mut HashMap<Uuid, i64>) -> Decision {
+    let wanted = match wanted(order) {
+        Ok(wanted) => wanted,
+        Err(invalid) => {
+            // The order service never sends this; refusing it still ends
+            // the order (CANCELLED) instead of leaving it PENDING.
+            tracing::warn!(reason = %invalid, "order.placed with invalid lines");
+            return Decision::Reject {
+                shortages: Vec::new(),
+                reason: format!("invalid order: {invalid}"),
+            };
+        }
+    };
+    let shortages: Vec<Shortage> = wanted
+        .iter()
+        .filter_map(|(&product_id, &requested)| {
+            let available = available.get(&product_id).copied().unwrap_or(0);
+            (available < i64::from(requested)).then_some(Shortage {
+                product_id,
+                requested,
+                available,
+            })
+        })
+        .collect();
+    if shortages.is_empty() {
+        for (product_id, quantity) in &wanted {
+            if let Some(left) = available.get_mut(product_id) {
+                *left -= i64::from(*quantity);
+            }
+        }
+        return Decision::Reserve(wanted);
+    }
+    let reason = shortages
+        .iter()
+        .map(|s| {
+            if available.contains_key(&s.product_id) {
+                format!(
+                    "insufficient stock for product {}: {} requested, {} available",
+                    s.product_id, s.requested, s.available
+                )
+            } else {
+                format!(
+                    "unknown product {}: {} requested, 0 available",
+                    s.product_id, s.requested
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Decision::Reject { shortages, reason }
+}
+
+/// on_hand of `ids`, locked in product_id order (`ids` sorted): concurrent
+/// orders of the same product queue here.
+async fn lock_available(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+) -> QueryResult<HashMap<Uuid, i64>> {
+    Ok(products::table
+        .filter(products::product_id.eq_any(ids))
+        .order(products::product_id)
+        .for_update()
+        .select((products::product_id, products::on_hand))
+        .load::<(Uuid, i64)>(conn)
+        .await?
+        .into_iter()
+        .collect())
+}
+
 #[tracing::instrument(name = "inventory.reserve", skip_all, fields(order.id = %order.order_id, outcome))]
 async fn reserve(conn: &mut AsyncPgConnection, order: &OrderPlaced) -> QueryResult<()> {
     if !claim(conn, order.order_id, status::RESERVED, None).await? {
@@ -247,71 +385,42 @@ async fn reserve(conn: &mut AsyncPgConnection, order: &OrderPlaced) -> QueryResu
         tracing::Span::current().record("outcome", "skipped");
         return Ok(());
     }
-    let (shortages, reason) = match wanted(order) {
-        Err(invalid) => {
-            // The order service never sends this; refusing it still ends
-            // the order (CANCELLED) instead of leaving it PENDING.
-            tracing::warn!(reason = %invalid, "order.placed with invalid lines");
-            (Vec::new(), format!("invalid order: {invalid}"))
+    let ids: Vec<Uuid> = order
+        .lines
+        .iter()
+        .map(|l| l.product_id)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut available = lock_available(conn, &ids).await?;
+    match decide(order, &mut available) {
+        Decision::Reserve(wanted) => {
+            take(conn, order, &wanted).await?;
+            tracing::Span::current().record("outcome", status::RESERVED);
         }
-        Ok(wanted) => {
-            let ids: Vec<Uuid> = wanted.keys().copied().collect();
-            // The lock of every product before any decision: concurrent
-            // orders of the same product queue here, in product_id order.
-            let available: HashMap<Uuid, i64> = products::table
-                .filter(products::product_id.eq_any(&ids))
-                .order(products::product_id)
-                .for_update()
-                .select((products::product_id, products::on_hand))
-                .load::<(Uuid, i64)>(conn)
-                .await?
-                .into_iter()
-                .collect();
-            let shortages: Vec<Shortage> = wanted
-                .iter()
-                .filter_map(|(&product_id, &requested)| {
-                    let available = available.get(&product_id).copied().unwrap_or(0);
-                    (available < i64::from(requested)).then_some(Shortage {
-                        product_id,
-                        requested,
-                        available,
-                    })
-                })
-                .collect();
-            if shortages.is_empty() {
-                take(conn, order, &wanted).await?;
-                tracing::Span::current().record("outcome", status::RESERVED);
-                return Ok(());
-            }
-            let reason = shortages
-                .iter()
-                .map(|s| {
-                    if available.contains_key(&s.product_id) {
-                        format!(
-                            "insufficient stock for product {}: {} requested, {} available",
-                            s.product_id, s.requested, s.available
-                        )
-                    } else {
-                        format!(
-                            "unknown product {}: {} requested, 0 available",
-                            s.product_id, s.requested
-                        )
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            (shortages, reason)
+        Decision::Reject { shortages, reason } => {
+            diesel::update(reservations::table.find(order.order_id))
+                .set((
+                    reservations::status.eq(status::REJECTED),
+                    reservations::reason.eq(&reason),
+                    reservations::updated_at.eq(diesel::dsl::now),
+                ))
+                .cached()
+                .execute(conn)
+                .await?;
+            append_rejected(conn, order, shortages, reason).await?;
+            tracing::Span::current().record("outcome", status::REJECTED);
         }
-    };
-    diesel::update(reservations::table.find(order.order_id))
-        .set((
-            reservations::status.eq(status::REJECTED),
-            reservations::reason.eq(&reason),
-            reservations::updated_at.eq(diesel::dsl::now),
-        ))
-        .cached()
-        .execute(conn)
-        .await?;
+    }
+    Ok(())
+}
+
+async fn append_rejected(
+    conn: &mut AsyncPgConnection,
+    order: &OrderPlaced,
+    shortages: Vec<Shortage>,
+    reason: String,
+) -> QueryResult<()> {
     orderflow_outbox::append(
         conn,
         EVENT_SOURCE,
@@ -322,8 +431,144 @@ async fn reserve(conn: &mut AsyncPgConnection, order: &OrderPlaced) -> QueryResu
             shortages,
         },
     )
-    .await?;
-    tracing::Span::current().record("outcome", status::REJECTED);
+    .await
+    .map(drop)
+}
+
+fn reserved_event(order: &OrderPlaced, wanted: &BTreeMap<Uuid, i32>) -> InventoryReserved {
+    InventoryReserved {
+        order_id: order.order_id,
+        customer_id: order.customer_id,
+        customer_email: order.customer_email.clone(),
+        currency: order.currency.clone(),
+        total_minor: order.total_minor,
+        payment_token: order.payment_token.clone(),
+        lines: wanted
+            .iter()
+            .map(|(&product_id, &quantity)| ReservedLine {
+                product_id,
+                quantity,
+            })
+            .collect(),
+    }
+}
+
+/// [`reserve`] for a batch, with six statements whatever its size: claim
+/// every reservation (one insert), lock and read every product (one
+/// select), decide each order in delivery order against what is left,
+/// then move the units of all reserved orders (one update), record their
+/// lines (one insert) and mark the rejected ones (one update); the events
+/// go to the outbox with the batch.
+async fn reserve_all(
+    conn: &mut AsyncPgConnection,
+    events: &[Traced<OrderPlaced>],
+) -> QueryResult<()> {
+    use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
+    let claims: Vec<_> = events
+        .iter()
+        .map(|t| {
+            (
+                reservations::order_id.eq(t.event.data.order_id),
+                reservations::status.eq(status::RESERVED),
+            )
+        })
+        .collect();
+    let claimed: std::collections::HashSet<Uuid> = diesel::insert_into(reservations::table)
+        .values(&claims)
+        .on_conflict(reservations::order_id)
+        .do_nothing()
+        .returning(reservations::order_id)
+        .cached()
+        .get_results::<Uuid>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    let ids: Vec<Uuid> = events
+        .iter()
+        .flat_map(|t| t.event.data.lines.iter().map(|l| l.product_id))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut available = lock_available(conn, &ids).await?;
+    let mut taken = BTreeMap::<Uuid, i64>::new();
+    let (mut line_orders, mut line_products, mut line_quantities) = (vec![], vec![], vec![]);
+    let (mut rejected_orders, mut rejected_reasons) = (vec![], vec![]);
+    let mut outcomes = Vec::with_capacity(events.len());
+    for t in events {
+        let order = &t.event.data;
+        if !claimed.contains(&order.order_id) {
+            t.span.in_scope(|| {
+                tracing::info!(order.id = %order.order_id, "reservation exists (handled or cancelled before): nothing to do");
+            });
+            outcomes.push(None);
+            continue;
+        }
+        let decision = t.span.in_scope(|| decide(order, &mut available));
+        if let Decision::Reserve(wanted) = &decision {
+            for (&product_id, &quantity) in wanted {
+                *taken.entry(product_id).or_default() += i64::from(quantity);
+                line_orders.push(order.order_id);
+                line_products.push(product_id);
+                line_quantities.push(quantity);
+            }
+        }
+        if let Decision::Reject { reason, .. } = &decision {
+            rejected_orders.push(order.order_id);
+            rejected_reasons.push(reason.clone());
+        }
+        outcomes.push(Some(decision));
+    }
+    if !taken.is_empty() {
+        let (products_taken, quantities): (Vec<Uuid>, Vec<i64>) = taken.into_iter().unzip();
+        diesel::sql_query(
+            "UPDATE products p SET on_hand = p.on_hand - t.q, reserved = p.reserved + t.q, \
+             updated_at = now() FROM unnest($1::uuid[], $2::bigint[]) AS t(id, q) \
+             WHERE p.product_id = t.id",
+        )
+        .bind::<Array<SqlUuid>, _>(products_taken)
+        .bind::<Array<BigInt>, _>(quantities)
+        .cached()
+        .execute(conn)
+        .await?;
+        diesel::sql_query(
+            "INSERT INTO reservation_lines (order_id, product_id, quantity) \
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])",
+        )
+        .bind::<Array<SqlUuid>, _>(line_orders)
+        .bind::<Array<SqlUuid>, _>(line_products)
+        .bind::<Array<Integer>, _>(line_quantities)
+        .cached()
+        .execute(conn)
+        .await?;
+    }
+    if !rejected_orders.is_empty() {
+        diesel::sql_query(
+            "UPDATE reservations r SET status = 'REJECTED', reason = x.reason, updated_at = now() \
+             FROM unnest($1::uuid[], $2::text[]) AS x(id, reason) WHERE r.order_id = x.id",
+        )
+        .bind::<Array<SqlUuid>, _>(rejected_orders)
+        .bind::<Array<Text>, _>(rejected_reasons)
+        .cached()
+        .execute(conn)
+        .await?;
+    }
+    for (t, decision) in events.iter().zip(outcomes) {
+        let Some(decision) = decision else { continue };
+        let order = &t.event.data;
+        let outer = orderflow_db::replace_transaction_span(conn, Some(t.span.clone()));
+        let appended = match decision {
+            Decision::Reserve(wanted) => {
+                orderflow_outbox::append(conn, EVENT_SOURCE, reserved_event(order, &wanted))
+                    .await
+                    .map(drop)
+            }
+            Decision::Reject { shortages, reason } => {
+                append_rejected(conn, order, shortages, reason).await
+            }
+        };
+        orderflow_db::replace_transaction_span(conn, outer);
+        appended?;
+    }
     Ok(())
 }
 
@@ -361,26 +606,7 @@ async fn take(
         .cached()
         .execute(conn)
         .await?;
-    orderflow_outbox::append(
-        conn,
-        EVENT_SOURCE,
-        InventoryReserved {
-            order_id: order.order_id,
-            customer_id: order.customer_id,
-            customer_email: order.customer_email.clone(),
-            currency: order.currency.clone(),
-            total_minor: order.total_minor,
-            payment_token: order.payment_token.clone(),
-            lines: wanted
-                .iter()
-                .map(|(&product_id, &quantity)| ReservedLine {
-                    product_id,
-                    quantity,
-                })
-                .collect(),
-        },
-    )
-    .await?;
+    orderflow_outbox::append(conn, EVENT_SOURCE, reserved_event(order, wanted)).await?;
     Ok(())
 }
 
