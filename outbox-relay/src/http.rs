@@ -15,6 +15,8 @@ pub struct HttpState {
     pub registry: Arc<Registry>,
     pub health: Health,
     pub lag_unhealthy: Duration,
+    /// The consumers' queues, shown (not judged) in `/healthz`.
+    pub backlog: crate::backlog::Backlog,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -72,8 +74,15 @@ async fn healthz(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    let queues = state.backlog.snapshot();
+    let queued: i64 = queues.values().sum();
     (
         status,
-        axum::Json(json!({ "healthy": healthy, "sources": sources })),
+        axum::Json(json!({
+            "healthy": healthy,
+            "sources": sources,
+            "queued_messages": queued,
+            "queues": queues,
+        })),
     )
 }

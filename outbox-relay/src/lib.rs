@@ -16,6 +16,7 @@
 //! The ordering and crash guarantees rest on `orderflow_outbox::relay`; read
 //! its module docs first.
 
+pub mod backlog;
 pub mod config;
 pub mod dashboard;
 pub mod http;
@@ -78,9 +79,11 @@ pub async fn run(
         .with_context(|| format!("cannot bind RELAY_HTTP_ADDR={}", config.http_addr))?;
     tracing::info!(http.addr = %listener.local_addr()?, owner = %owner, "outbox-relay listening");
     let rates = rate::Rates::default();
+    let ops = ops::Ops::new(&config)?;
+    let dashboard_dead_letters = ops.dlq.clone();
     let dashboard = dashboard::Dashboard {
         keys: config.admin_token.clone().map(dashboard::auth::Keys::new),
-        ops: ops::Ops::new(&config)?,
+        ops,
         health: health.clone(),
         metrics: metrics.clone(),
         rates: rates.clone(),
@@ -88,10 +91,12 @@ pub async fn run(
     if dashboard.keys.is_none() {
         tracing::warn!("RELAY_ADMIN_TOKEN is not set: the dashboard is off");
     }
+    let backlog = backlog::Backlog::register(&mut registry);
     let http_state = http::HttpState {
         registry: Arc::new(registry),
         health: health.clone(),
         lag_unhealthy: config.lag_unhealthy,
+        backlog: backlog.clone(),
     };
     let app = http::router(http_state).merge(dashboard::router(dashboard));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -105,6 +110,9 @@ pub async fn run(
     });
 
     let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(
+        backlog.watch(dashboard_dead_letters, stop_rx.clone()),
+    ));
     for (source, pool) in config.sources.iter().zip(pools) {
         let source = Arc::new(Source {
             config: source.clone(),

@@ -213,6 +213,17 @@ pub(crate) fn prepare(packages: &[&str]) -> Result<()> {
     )
 }
 
+/// Now, as `2026-12-04 03:12 UTC`, for a report's header.
+pub(crate) fn utc_now() -> String {
+    cmd::output(
+        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "date",
+        "",
+    )
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default()
+}
+
 /// The short commit the figures belong to (empty outside a git checkout).
 pub(crate) fn git_commit() -> String {
     cmd::output(
@@ -388,13 +399,7 @@ impl Drop for Server {
 
 fn render(rows: &[Row], peak_rss_kib: u64, duration: u32, clients: &[u32]) -> Result<String> {
     let commit = git_commit();
-    let date = cmd::output(
-        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
-        "date",
-        "",
-    )
-    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    .unwrap_or_default();
+    let date = utc_now();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let list = clients
         .iter()

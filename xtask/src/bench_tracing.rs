@@ -371,13 +371,7 @@ fn render(
     clients: u32,
     saga_orders: usize,
 ) -> Result<String> {
-    let date = cmd::output(
-        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
-        "date",
-        "",
-    )
-    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    .unwrap_or_default();
+    let date = crate::bench::utc_now();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let mut s = String::new();
     writeln!(s, "## Cost of tracing: OTLP export on vs off\n")?;

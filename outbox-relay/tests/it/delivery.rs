@@ -150,6 +150,33 @@ async fn health_fails_when_lag_exceeds_the_threshold() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn health_and_metrics_show_what_waits_in_the_consumers_queues() {
+    let world = World::new().await;
+    world.bind_idle_work_queue().await;
+    let relay = world.relay(&[]).await;
+    for n in 0..5 {
+        insert(&world.sql().await, &[(Uuid::new_v4(), n)], "test.happened").await;
+    }
+    // Published at once; the management API's statistics and the relay's
+    // reading of them are a few seconds behind.
+    orderflow_testkit::wait_until(
+        "/healthz shows the 5 messages waiting in svc.waiting",
+        Duration::from_secs(40),
+        || async {
+            let (status, body) = relay.get("/healthz").await;
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            status == 200 && json["queues"]["svc.waiting"] == 5 && json["queued_messages"] == 5
+        },
+    )
+    .await;
+    let (_, metrics) = relay.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"broker_queue_messages{queue="svc.waiting"} 5"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_idle_relay_is_woken_by_notify_not_by_polling() {
     let world = World::new().await;
     let consumer = Consumer::start(&world.broker, &["#"]).await;

@@ -10,7 +10,7 @@ use orderflow_amqp::{
     lapin::{
         BasicProperties,
         options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions},
-        types::FieldTable,
+        types::{AMQPValue, FieldTable},
     },
 };
 use orderflow_testkit::{TestBroker, TestDatabase};
@@ -72,40 +72,69 @@ impl World {
         Relay { child, http }
     }
 
+    /// A work queue `svc.waiting` (with its `.dlq`, as the consumer runtime
+    /// declares them) bound to every event of `orderflow.order`, with no
+    /// consumer: what is routed to it waits there.
+    pub async fn bind_idle_work_queue(&self) {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.bind_queue("svc.waiting.dlq", durable, FieldTable::default(), None)
+            .await;
+        self.bind_queue("svc.waiting", durable, FieldTable::default(), Some("#"))
+            .await;
+    }
+
     /// A queue that refuses every message, so the broker nacks what is routed
     /// to it: the relay's view of a poison event.
     pub async fn bind_refusing_queue(&self, routing_key: &str) {
-        use orderflow_amqp::lapin::{
-            options::{QueueBindOptions, QueueDeclareOptions},
-            types::{AMQPValue, FieldTable},
-        };
-        let conn = orderflow_amqp::connect(&self.broker.url(), "test-refuser")
-            .await
-            .unwrap();
-        let channel = conn.create_channel().await.unwrap();
-        orderflow_amqp::Topology::declare_exchange(&channel, "order")
-            .await
-            .unwrap();
         let mut args = FieldTable::default();
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
         args.insert(
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
-        channel
-            .queue_declare("refuser".into(), QueueDeclareOptions::default(), args)
+        self.bind_queue(
+            "refuser",
+            QueueDeclareOptions::default(),
+            args,
+            Some(routing_key),
+        )
+        .await;
+    }
+
+    /// Declares `queue` and binds it to `orderflow.order` with `routing_key`.
+    async fn bind_queue(
+        &self,
+        queue: &str,
+        options: QueueDeclareOptions,
+        args: FieldTable,
+        routing_key: Option<&str>,
+    ) {
+        let conn = orderflow_amqp::connect(&self.broker.url(), "test-setup")
+            .await
+            .unwrap();
+        let channel = conn.create_channel().await.unwrap();
+        orderflow_amqp::Topology::declare_exchange(&channel, "order")
             .await
             .unwrap();
         channel
-            .queue_bind(
-                "refuser".into(),
-                "orderflow.order".into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
+            .queue_declare(queue.into(), options, args)
             .await
             .unwrap();
+        if let Some(key) = routing_key {
+            channel
+                .queue_bind(
+                    queue.into(),
+                    "orderflow.order".into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
     }
 }
 

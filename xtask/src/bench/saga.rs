@@ -381,22 +381,22 @@ fn observe(relay: &str, phase: &str) -> Option<String> {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
     };
-    let health = get("/healthz")?;
+    let health: serde_json::Value = serde_json::from_str(&get("/healthz")?).ok()?;
+    let sources = health["sources"].as_object()?;
+    let pending: i64 = sources.values().filter_map(|s| s["pending"].as_i64()).sum();
+    let lag = sources
+        .values()
+        .filter_map(|s| s["lag_seconds"].as_f64())
+        .fold(0.0, f64::max);
     let metrics = get("/metrics").unwrap_or_default();
-    let lag: Vec<String> = metrics
+    let gauge: i64 = metrics
         .lines()
-        .filter(|l| {
-            (l.starts_with("outbox_pending")
-                || l.starts_with("outbox_lag")
-                || l.starts_with("outbox_oldest"))
-                && !l.starts_with('#')
-        })
-        .map(str::to_owned)
-        .collect();
+        .filter(|l| l.starts_with("broker_queue_messages{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        .sum();
     Some(format!(
-        "{phase}: healthz {}; {}",
-        health.trim(),
-        lag.join("; ")
+        "{phase}: /healthz healthy {}, outbox pending {pending} (oldest {lag:.2} s), queued in the consumers' queues {} (`broker_queue_messages` sum {gauge})",
+        health["healthy"], health["queued_messages"]
     ))
 }
 
@@ -680,13 +680,7 @@ fn render(
     overload: Option<&Overload>,
     o: &Options,
 ) -> Result<String> {
-    let date = cmd::output(
-        Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]),
-        "date",
-        "",
-    )
-    .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    .unwrap_or_default();
+    let date = crate::bench::utc_now();
     let join = |v: &[u32]| v.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
     let mut s = String::new();
     writeln!(s, "## The saga under an open-loop load\n")?;

@@ -18,10 +18,25 @@ async fn a_thousand_concurrent_orders_for_three_hundred_units_sell_exactly_three
     for _ in 0..1000 {
         let mut client = client.clone();
         calls.spawn(async move {
-            client
-                .create_order(create_request(vec![line(product, 1)], "tok_visa"))
-                .await
-                .map(|r| r.into_inner().order.map(|o| o.id).unwrap_or_default())
+            // A burst this size on the harness's 4 connections may be shed
+            // (RESOURCE_EXHAUSTED, RetryInfo): a client retries it, with the
+            // same request_id, so a retry never orders twice.
+            let request = create_request(vec![line(product, 1)], "tok_visa");
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                match client.create_order(request.clone()).await {
+                    Err(status)
+                        if status.code() == tonic::Code::ResourceExhausted && attempts < 100 =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    answer => {
+                        break answer
+                            .map(|r| r.into_inner().order.map(|o| o.id).unwrap_or_default());
+                    }
+                }
+            }
         });
     }
     let mut ids = Vec::new();
