@@ -66,7 +66,7 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("tracing") => return crate::bench_tracing::run(args),
         Some("saga") => return saga::run(args),
         other => bail!(
-            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | saga [--rates 50,100,..] [--hot-rates ..] [--step SECS] [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
+            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | saga [--rates 50,100,..] [--hot-rates ..] [--step SECS] [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS] [--section NAME] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
         ),
     }
     let mut duration = 8u32;

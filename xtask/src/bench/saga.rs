@@ -1,5 +1,5 @@
 //! `cargo xtask bench saga [--rates 50,100,...] [--hot-rates 50,...] [--step SECS]
-//! [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS]`
+//! [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS] [--section NAME]`
 //!
 //! The whole system under an open-loop load (`loadgen open-loop`: CreateOrder
 //! at a fixed rate, a call sent when due whatever the earlier ones do), in
@@ -25,7 +25,7 @@
 //! order alternating step by step, so the machine's drift hits both alike.
 //! `--overload RATE` then sends RATE/s for `--overload-secs` to the new build
 //! and reports what it answered, its peak memory and how the backlog drained.
-//! Results replace the `saga` section of BENCHMARKS.md.
+//! Results replace the `saga` section of BENCHMARKS.md (or `--section`'s).
 
 use std::{
     collections::BTreeMap,
@@ -153,6 +153,9 @@ struct Options {
     baseline: Option<String>,
     overload: Option<u32>,
     overload_secs: u32,
+    /// The BENCHMARKS.md section written (`saga`), so a partial run can be
+    /// kept next to the full one.
+    section: String,
 }
 
 fn parse<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<Options> {
@@ -163,6 +166,7 @@ fn parse<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<Options> {
         baseline: None,
         overload: None,
         overload_secs: 60,
+        section: "saga".to_owned(),
     };
     let list = |v: &str| -> Result<Vec<u32>> {
         v.split(',')
@@ -184,6 +188,7 @@ fn parse<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<Options> {
             "--step" => o.step_secs = value.parse().context("--step takes whole seconds")?,
             "--baseline" => o.baseline = (value != "none").then(|| value.to_owned()),
             "--overload" => o.overload = Some(value.parse().context("--overload takes orders/s")?),
+            "--section" => o.section = value.to_owned(),
             "--overload-secs" => {
                 o.overload_secs = value
                     .parse()
