@@ -701,7 +701,11 @@ fn render(
         o.overload.map_or_else(String::new, |r| format!(
             " --overload {r} --overload-secs {}",
             o.overload_secs
-        )),
+        )) + &if o.section == "saga" {
+            String::new()
+        } else {
+            format!(" --section {}", o.section)
+        },
         std::thread::available_parallelism().map_or(0, usize::from),
         builds
             .iter()
