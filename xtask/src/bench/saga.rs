@@ -229,7 +229,7 @@ pub fn run<'a>(args: impl Iterator<Item = &'a str>) -> Result<()> {
     println!("{report}");
     write_section(
         &cmd::workspace_root().join("BENCHMARKS.md"),
-        "saga",
+        &options.section,
         &report,
     )
 }
@@ -715,6 +715,9 @@ fn render(
         o.step_secs,
     )?;
     for mix in [Mix::Spread, Mix::Hot] {
+        if !steps.iter().any(|st| st.mix == mix) {
+            continue;
+        }
         writeln!(s, "### {}\n", mix.name())?;
         writeln!(
             s,
