@@ -35,7 +35,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     bench::{
         git_commit, loadgen_at, median, prepare,
-        system::{BENCH_TOKEN, Layout, Proc, System, new_uuid, percentile, query},
+        system::{BENCH_TOKEN, Layout, PACKAGES, Proc, System, new_uuid, percentile, query},
         write_section,
     },
     cmd::{self, poll_until, port_open},
@@ -100,14 +100,7 @@ pub fn run<'a>(mut args: impl Iterator<Item = &'a str>) -> Result<()> {
             _ => bail!("unknown flag {flag}"),
         }
     }
-    prepare(&[
-        "orderflow-order",
-        "orderflow-inventory",
-        "orderflow-payment",
-        "orderflow-notification",
-        "orderflow-outbox-relay",
-        "orderflow-loadgen",
-    ])?;
+    prepare(&PACKAGES)?;
     let grpcurl = infra::ensure_grpcurl()?;
     let release = cmd::target_dir().join("release");
     let work = cmd::target_dir().join("bench").join("tracing");

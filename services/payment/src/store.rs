@@ -188,12 +188,7 @@ pub enum Outcome {
 /// transaction ends; READ COMMITTED then shows each step what the other
 /// committed.
 async fn lock_order(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1::text, 7))")
-        .bind::<diesel::sql_types::Uuid, _>(order_id)
-        .cached()
-        .execute(conn)
-        .await
-        .map(|_| ())
+    lock_orders(conn, vec![order_id]).await
 }
 
 /// The locks of [`lock_order`] for several orders, taken in key order so

@@ -40,21 +40,13 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     bench::{
         git_commit, prepare,
-        system::{Layout, SERVICES, System, cpu_seconds, memory_kib, pids_named, query},
+        system::{Layout, PACKAGES, SERVICES, System, cpu_seconds, memory_kib, pids_named, query},
         write_section,
     },
     cmd,
     infra::{self, MANAGEMENT_URL},
 };
 
-const PACKAGES: [&str; 6] = [
-    "orderflow-order",
-    "orderflow-inventory",
-    "orderflow-payment",
-    "orderflow-notification",
-    "orderflow-outbox-relay",
-    "orderflow-loadgen",
-];
 const BINARIES: [&str; 5] = [
     "order",
     "inventory",

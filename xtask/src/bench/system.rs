@@ -17,6 +17,17 @@ use crate::{
     infra::{self, MANAGEMENT_URL, PG_HOST, PG_PORT, PG_USER},
 };
 
+/// What a bench of the whole system builds: the five binaries and the load
+/// generator.
+pub(crate) const PACKAGES: [&str; 6] = [
+    "orderflow-order",
+    "orderflow-inventory",
+    "orderflow-payment",
+    "orderflow-notification",
+    "orderflow-outbox-relay",
+    "orderflow-loadgen",
+];
+
 /// The services, in start order.
 pub(crate) const SERVICES: [&str; 4] = ["order", "inventory", "payment", "notification"];
 

@@ -58,13 +58,9 @@ pub(crate) async fn apply<H: Handler>(
     .await
 }
 
-/// One message of a batch: its inbox key, its event, and the span its
+/// One message of a batch: its inbox key and its event, with the span its
 /// handling runs in (the message's own trace).
-pub(crate) struct Item<E> {
-    pub message_id: Uuid,
-    pub event: CloudEvent<E>,
-    pub span: tracing::Span,
-}
+pub(crate) type Item<E> = (Uuid, Traced<E>);
 
 /// Applies a batch in one transaction: one multi-row inbox insert (the
 /// rows it did not insert are duplicates), the handler's
@@ -90,9 +86,9 @@ pub(crate) async fn apply_batch<H: Handler>(
     orderflow_db::with_after_commit(conn.transaction(async |conn| {
         let rows: Vec<_> = items
             .iter()
-            .map(|item| {
+            .map(|(message_id, _)| {
                 (
-                    inbox::message_id.eq(item.message_id),
+                    inbox::message_id.eq(*message_id),
                     inbox::handler.eq(H::NAME),
                 )
             })
@@ -110,8 +106,8 @@ pub(crate) async fn apply_batch<H: Handler>(
         let mut seen = std::collections::HashSet::new();
         let outcomes: Vec<Applied> = items
             .iter()
-            .map(|item| {
-                if new.contains(&item.message_id) && seen.insert(item.message_id) {
+            .map(|(message_id, _)| {
+                if new.contains(message_id) && seen.insert(*message_id) {
                     Applied::Effect
                 } else {
                     Applied::Duplicate
@@ -119,12 +115,9 @@ pub(crate) async fn apply_batch<H: Handler>(
             })
             .collect();
         let mut fresh = Vec::with_capacity(items.len());
-        for (item, outcome) in items.into_iter().zip(&outcomes) {
-            if *outcome == Applied::Effect && new.remove(&item.message_id) {
-                fresh.push(Traced {
-                    event: item.event,
-                    span: item.span,
-                });
+        for ((message_id, traced), outcome) in items.into_iter().zip(&outcomes) {
+            if *outcome == Applied::Effect && new.remove(&message_id) {
+                fresh.push(traced);
             }
         }
         let events: Vec<&CloudEvent<H::Event>> = fresh.iter().map(|t| &t.event).collect();

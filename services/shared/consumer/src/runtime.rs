@@ -217,11 +217,7 @@ async fn process_batch<H: Handler>(
             Ok((message_id, event)) => {
                 let meta = Meta::of(&delivery);
                 let span = consume_span(H::NAME, &delivery, &meta, &ctx);
-                items.push(inbox::Item {
-                    message_id,
-                    event,
-                    span,
-                });
+                items.push((message_id, crate::Traced { event, span }));
                 batch.push((delivery, meta));
             }
             Err(_) => process(route.clone(), delivery, ctx.clone()).await,

@@ -190,22 +190,20 @@ fn denied(code: Code, reason: &str, message: &str) -> Status {
     Status::with_error_details(code, message.to_owned(), details)
 }
 
-/// RESOURCE_EXHAUSTED with when to retry (RetryInfo) and which quota
-/// (QuotaFailure), so a client can back off without guessing.
+/// The rate limit's RESOURCE_EXHAUSTED ([`crate::resource_exhausted`]).
 fn rate_limited(peer: IpAddr, limit: RateLimit, wait: Duration) -> Status {
     let description = format!(
         "more than {} requests per second (burst {}) from {peer}",
         limit.per_second, limit.burst
     );
-    let mut details = ErrorDetails::with_retry_info(Some(wait));
-    details.add_quota_failure_violation(format!("client:{peer}"), description.clone());
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!(
+    crate::resource_exhausted(
+        &format!("client:{peer}"),
+        &description,
+        &format!(
             "rate limited: {description}; retry in {} ms",
             wait.as_millis().max(1)
         ),
-        details,
+        wait,
     )
 }
 
@@ -214,15 +212,14 @@ fn rate_limited(peer: IpAddr, limit: RateLimit, wait: Duration) -> Status {
 /// waiting in a queue that only grows.
 fn shed(limit: usize) -> Status {
     let description = format!("more than {limit} calls in flight on this server");
-    let mut details = ErrorDetails::with_retry_info(Some(SHED_RETRY_AFTER));
-    details.add_quota_failure_violation("server:in-flight", description.clone());
-    Status::with_error_details(
-        Code::ResourceExhausted,
-        format!(
+    crate::resource_exhausted(
+        "server:in-flight",
+        &description,
+        &format!(
             "overloaded: {description} (GRPC_MAX_IN_FLIGHT); retry in {} ms",
             SHED_RETRY_AFTER.as_millis()
         ),
-        details,
+        SHED_RETRY_AFTER,
     )
 }
 

@@ -401,8 +401,20 @@ fn cut(mut text: String) -> String {
 /// take now (every database connection busy): the client retries after
 /// `retry_after` (RetryInfo).
 pub fn busy(message: &str, retry_after: Duration) -> Status {
+    resource_exhausted("server:database-connections", message, message, retry_after)
+}
+
+/// RESOURCE_EXHAUSTED with when to retry (RetryInfo) and which quota ran
+/// out (QuotaFailure: `subject`, `description`), so a client can back off
+/// without guessing. Every limit of the servers answers with it.
+pub fn resource_exhausted(
+    subject: &str,
+    description: &str,
+    message: &str,
+    retry_after: Duration,
+) -> Status {
     let mut details = ErrorDetails::with_retry_info(Some(retry_after));
-    details.add_quota_failure_violation("server:database-connections", message.to_owned());
+    details.add_quota_failure_violation(subject.to_owned(), description.to_owned());
     Status::with_error_details(Code::ResourceExhausted, message.to_owned(), details)
 }
 

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use tokio::task::JoinSet;
+use tonic_types::StatusExt as _;
 use uuid::Uuid;
 
 use crate::harness::{System, create_request, line, wait_for};
@@ -29,7 +30,12 @@ async fn a_thousand_concurrent_orders_for_three_hundred_units_sell_exactly_three
                     Err(status)
                         if status.code() == tonic::Code::ResourceExhausted && attempts < 100 =>
                     {
-                        tokio::time::sleep(Duration::from_millis(250)).await;
+                        // When the server says to retry (RetryInfo).
+                        let delay = status
+                            .get_details_retry_info()
+                            .and_then(|r| r.retry_delay)
+                            .expect("a shed call carries RetryInfo");
+                        tokio::time::sleep(delay).await;
                     }
                     answer => {
                         break answer
