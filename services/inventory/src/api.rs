@@ -195,6 +195,10 @@ fn to_proto(p: Product) -> pb::Product {
             seconds: p.updated_at.timestamp(),
             nanos: i32::try_from(p.updated_at.timestamp_subsec_nanos()).unwrap_or(0),
         }),
+        description: p.description.unwrap_or_default(),
+        category: p.category.unwrap_or_default(),
+        tags: p.tags,
+        version: p.version,
     }
 }
 

@@ -18,7 +18,9 @@ use orderflow_consumer::{Consumer, Handler, HandlerResult, Traced};
 use orderflow_db::CachedExt as _;
 use orderflow_events::{
     CloudEvent,
-    inventory::{InventoryRejected, InventoryReleased, InventoryReserved, ReservedLine, Shortage},
+    inventory::{
+        InventoryRejected, InventoryReleased, InventoryReserved, ReservedLine, Shortage, StockLevel,
+    },
     order::{OrderCancelled, OrderConfirmed, OrderPlaced},
     payment::PaymentFailed,
 };
@@ -435,7 +437,61 @@ async fn append_rejected(
     .map(drop)
 }
 
-fn reserved_event(order: &OrderPlaced, wanted: &BTreeMap<Uuid, i32>) -> InventoryReserved {
+/// Each product's stock after a transaction's update: the events carry it.
+type Levels = HashMap<Uuid, StockLevel>;
+
+/// Rows of `UPDATE products ... RETURNING product_id, on_hand, version`.
+#[derive(QueryableByName)]
+struct LevelRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    product_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    on_hand: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    version: i64,
+}
+
+fn levels(rows: Vec<LevelRow>) -> Levels {
+    rows.into_iter()
+        .map(|r| {
+            (
+                r.product_id,
+                StockLevel {
+                    on_hand: r.on_hand,
+                    version: r.version,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Moves `q` units per product from on_hand to reserved (negative `q`:
+/// back), bumping each product's version, in one statement.
+async fn move_units(
+    conn: &mut AsyncPgConnection,
+    products: Vec<Uuid>,
+    quantities: Vec<i64>,
+) -> QueryResult<Levels> {
+    use diesel::sql_types::{Array, BigInt, Uuid as SqlUuid};
+    let rows: Vec<LevelRow> = diesel::sql_query(
+        "UPDATE products p SET on_hand = p.on_hand - t.q, reserved = p.reserved + t.q, \
+         version = p.version + 1, updated_at = now() \
+         FROM unnest($1::uuid[], $2::bigint[]) AS t(id, q) \
+         WHERE p.product_id = t.id RETURNING p.product_id, p.on_hand, p.version",
+    )
+    .bind::<Array<SqlUuid>, _>(products)
+    .bind::<Array<BigInt>, _>(quantities)
+    .cached()
+    .load(conn)
+    .await?;
+    Ok(levels(rows))
+}
+
+fn reserved_event(
+    order: &OrderPlaced,
+    wanted: &BTreeMap<Uuid, i32>,
+    levels: &Levels,
+) -> InventoryReserved {
     InventoryReserved {
         order_id: order.order_id,
         customer_id: order.customer_id,
@@ -448,6 +504,7 @@ fn reserved_event(order: &OrderPlaced, wanted: &BTreeMap<Uuid, i32>) -> Inventor
             .map(|(&product_id, &quantity)| ReservedLine {
                 product_id,
                 quantity,
+                stock: levels.get(&product_id).copied(),
             })
             .collect(),
     }
@@ -463,7 +520,7 @@ async fn reserve_all(
     conn: &mut AsyncPgConnection,
     events: &[Traced<OrderPlaced>],
 ) -> QueryResult<()> {
-    use diesel::sql_types::{Array, BigInt, Integer, Text, Uuid as SqlUuid};
+    use diesel::sql_types::{Array, Integer, Text, Uuid as SqlUuid};
     let claims: Vec<_> = events
         .iter()
         .map(|t| {
@@ -518,18 +575,10 @@ async fn reserve_all(
         }
         outcomes.push(Some(decision));
     }
+    let mut levels = Levels::new();
     if !taken.is_empty() {
         let (products_taken, quantities): (Vec<Uuid>, Vec<i64>) = taken.into_iter().unzip();
-        diesel::sql_query(
-            "UPDATE products p SET on_hand = p.on_hand - t.q, reserved = p.reserved + t.q, \
-             updated_at = now() FROM unnest($1::uuid[], $2::bigint[]) AS t(id, q) \
-             WHERE p.product_id = t.id",
-        )
-        .bind::<Array<SqlUuid>, _>(products_taken)
-        .bind::<Array<BigInt>, _>(quantities)
-        .cached()
-        .execute(conn)
-        .await?;
+        levels = move_units(conn, products_taken, quantities).await?;
         diesel::sql_query(
             "INSERT INTO reservation_lines (order_id, product_id, quantity) \
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int[])",
@@ -557,11 +606,13 @@ async fn reserve_all(
         let order = &t.event.data;
         let outer = orderflow_db::replace_transaction_span(conn, Some(t.span.clone()));
         let appended = match decision {
-            Decision::Reserve(wanted) => {
-                orderflow_outbox::append(conn, EVENT_SOURCE, reserved_event(order, &wanted))
-                    .await
-                    .map(drop)
-            }
+            Decision::Reserve(wanted) => orderflow_outbox::append(
+                conn,
+                EVENT_SOURCE,
+                reserved_event(order, &wanted, &levels),
+            )
+            .await
+            .map(drop),
             Decision::Reject { shortages, reason } => {
                 append_rejected(conn, order, shortages, reason).await
             }
@@ -579,18 +630,8 @@ async fn take(
     order: &OrderPlaced,
     wanted: &BTreeMap<Uuid, i32>,
 ) -> QueryResult<()> {
-    for (&product_id, &quantity) in wanted {
-        let q = i64::from(quantity);
-        diesel::update(products::table.find(product_id))
-            .set((
-                products::on_hand.eq(products::on_hand - q),
-                products::reserved.eq(products::reserved + q),
-                products::updated_at.eq(diesel::dsl::now),
-            ))
-            .cached()
-            .execute(conn)
-            .await?;
-    }
+    let (ids, quantities) = wanted.iter().map(|(&p, &q)| (p, i64::from(q))).unzip();
+    let levels = move_units(conn, ids, quantities).await?;
     let rows: Vec<_> = wanted
         .iter()
         .map(|(&product_id, &quantity)| {
@@ -606,7 +647,7 @@ async fn take(
         .cached()
         .execute(conn)
         .await?;
-    orderflow_outbox::append(conn, EVENT_SOURCE, reserved_event(order, wanted)).await?;
+    orderflow_outbox::append(conn, EVENT_SOURCE, reserved_event(order, wanted, &levels)).await?;
     Ok(())
 }
 
@@ -637,6 +678,7 @@ async fn lines_of(conn: &mut AsyncPgConnection, order_id: Uuid) -> QueryResult<V
         .map(|(product_id, quantity)| ReservedLine {
             product_id,
             quantity,
+            stock: None,
         })
         .collect())
 }
@@ -654,18 +696,17 @@ async fn release(conn: &mut AsyncPgConnection, order_id: Uuid, reason: &str) -> 
         tracing::Span::current().record("outcome", "skipped");
         return Ok(());
     }
-    let lines = lines_of(conn, order_id).await?;
-    for line in &lines {
-        let q = i64::from(line.quantity);
-        diesel::update(products::table.find(line.product_id))
-            .set((
-                products::on_hand.eq(products::on_hand + q),
-                products::reserved.eq(products::reserved - q),
-                products::updated_at.eq(diesel::dsl::now),
-            ))
-            .cached()
-            .execute(conn)
-            .await?;
+    let mut lines = lines_of(conn, order_id).await?;
+    // In product_id order (the lock order), before the one update.
+    lock_products(conn, lines.iter().map(|l| l.product_id).collect()).await?;
+    let levels = move_units(
+        conn,
+        lines.iter().map(|l| l.product_id).collect(),
+        lines.iter().map(|l| -i64::from(l.quantity)).collect(),
+    )
+    .await?;
+    for line in &mut lines {
+        line.stock = levels.get(&line.product_id).copied();
     }
     diesel::update(reservations::table.find(order_id))
         .set((

@@ -11,6 +11,10 @@ use uuid::Uuid;
 pub const MAX_SKU_LEN: usize = 64;
 pub const MAX_NAME_LEN: usize = 200;
 pub const MAX_REASON_LEN: usize = 500;
+pub const MAX_DESCRIPTION_LEN: usize = 2000;
+pub const MAX_CATEGORY_LEN: usize = 100;
+pub const MAX_TAGS: usize = 20;
+pub const MAX_TAG_LEN: usize = 50;
 pub const DEFAULT_PAGE_SIZE: i64 = 50;
 pub const MAX_PAGE_SIZE: i64 = 500;
 
@@ -23,6 +27,91 @@ pub struct ProductData {
     pub currency: String,
     pub unit_price_minor: i64,
     pub on_hand: i64,
+    pub details: Details,
+}
+
+/// A product's searchable details as a request gives them: each `None`
+/// keeps what is stored (none for a new product); `Some(None)` clears.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Details {
+    pub description: Option<Option<String>>,
+    pub category: Option<Option<String>>,
+    pub tags: Option<Vec<String>>,
+}
+
+impl Details {
+    /// Which fields are given: description, category, tags.
+    pub fn given(&self) -> [bool; 3] {
+        [
+            self.description.is_some(),
+            self.category.is_some(),
+            self.tags.is_some(),
+        ]
+    }
+}
+
+/// Validates the details of an upsert or an import row; each problem is
+/// `(field, problem)`.
+pub fn details(
+    description: Option<String>,
+    category: Option<String>,
+    tags: Option<pb::Tags>,
+    problems: &mut Vec<(&'static str, String)>,
+) -> Details {
+    let description = description.map(|d| {
+        let d = d.trim();
+        if d.chars().count() > MAX_DESCRIPTION_LEN {
+            problems.push((
+                "description",
+                format!("at most {MAX_DESCRIPTION_LEN} characters"),
+            ));
+        } else if d.chars().any(|c| c.is_control() && c != '\n') {
+            problems.push((
+                "description",
+                "must not contain control characters other than line breaks".to_owned(),
+            ));
+        }
+        (!d.is_empty()).then(|| d.to_owned())
+    });
+    let category = category.map(|c| {
+        let c = c.trim();
+        if c.chars().count() > MAX_CATEGORY_LEN {
+            problems.push(("category", format!("at most {MAX_CATEGORY_LEN} characters")));
+        } else if c.chars().any(char::is_control) {
+            problems.push(("category", "must not contain control characters".to_owned()));
+        }
+        (!c.is_empty()).then(|| c.to_owned())
+    });
+    let tags = tags.map(|t| {
+        let mut out: Vec<String> = Vec::new();
+        for tag in t.values {
+            let tag = tag.trim();
+            if tag.is_empty() {
+                problems.push(("tags", "a tag must not be blank".to_owned()));
+            } else if tag.chars().count() > MAX_TAG_LEN {
+                problems.push((
+                    "tags",
+                    format!("a tag has at most {MAX_TAG_LEN} characters"),
+                ));
+            } else if tag.chars().any(char::is_control) {
+                problems.push((
+                    "tags",
+                    "a tag must not contain control characters".to_owned(),
+                ));
+            } else if !out.iter().any(|t| t == tag) {
+                out.push(tag.to_owned());
+            }
+        }
+        if out.len() > MAX_TAGS {
+            problems.push(("tags", format!("at most {MAX_TAGS}")));
+        }
+        out
+    });
+    Details {
+        description,
+        category,
+        tags,
+    }
 }
 
 /// An AdjustStock request that passed validation.
@@ -79,6 +168,11 @@ pub fn product(req: pb::UpsertProductRequest) -> Result<ProductData, Status> {
     if req.on_hand < 0 {
         v.add("on_hand", "must not be negative");
     }
+    let mut problems = Vec::new();
+    let details = details(req.description, req.category, req.tags, &mut problems);
+    for (field, problem) in problems {
+        v.add(field, problem);
+    }
     v.into_result()?;
     let product_id = product_id.ok_or_else(|| Status::invalid_argument("invalid request"))?;
     Ok(ProductData {
@@ -88,6 +182,7 @@ pub fn product(req: pb::UpsertProductRequest) -> Result<ProductData, Status> {
         currency,
         unit_price_minor,
         on_hand: req.on_hand,
+        details,
     })
 }
 
@@ -261,6 +356,7 @@ mod tests {
                 currency: "EUR".into(),
             }),
             on_hand: 10,
+            ..Default::default()
         }
     }
 
@@ -294,6 +390,11 @@ mod tests {
                 currency: "eur".into(),
             }),
             on_hand: -1,
+            description: Some("d".repeat(2001)),
+            category: Some("c\u{7}".into()),
+            tags: Some(pb::Tags {
+                values: vec![" ".into()],
+            }),
         };
         assert_eq!(
             fields(&product(req).unwrap_err()),
@@ -303,7 +404,10 @@ mod tests {
                 "name",
                 "unit_price.amount_minor",
                 "unit_price.currency",
-                "on_hand"
+                "on_hand",
+                "description",
+                "category",
+                "tags"
             ]
         );
         let mut req = valid();
@@ -319,6 +423,25 @@ mod tests {
         req.sku = "é".repeat(64);
         req.name = "é".repeat(200);
         assert!(product(req).is_ok());
+    }
+
+    #[test]
+    fn details_not_given_are_kept_and_given_empty_are_cleared() {
+        assert_eq!(product(valid()).unwrap().details, Details::default());
+        let mut req = valid();
+        req.description = Some("  Closed-back  ".into());
+        req.category = Some(String::new());
+        req.tags = Some(pb::Tags {
+            values: vec!["audio".into(), " audio ".into(), "wireless".into()],
+        });
+        let d = product(req).unwrap().details;
+        assert_eq!(d.description, Some(Some("Closed-back".to_owned())));
+        assert_eq!(d.category, Some(None));
+        assert_eq!(
+            d.tags,
+            Some(vec!["audio".to_owned(), "wireless".to_owned()])
+        );
+        assert_eq!(d.given(), [true, true, true]);
     }
 
     #[test]

@@ -11,6 +11,12 @@ diesel::table! {
         reserved -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        import_source -> Nullable<Uuid>,
+        import_row -> Nullable<Int8>,
+        description -> Nullable<Text>,
+        category -> Nullable<Text>,
+        tags -> Array<Text>,
+        version -> Int8,
     }
 }
 

@@ -27,15 +27,43 @@ pub struct Product {
     pub reserved: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub description: Option<String>,
+    pub category: Option<String>,
+    pub tags: Vec<String>,
+    pub version: i64,
 }
 
 impl Product {
+    /// True when storing `data` would change nothing (details not given
+    /// are kept, so they cannot differ).
     fn has(&self, data: &ProductData) -> bool {
+        let d = &data.details;
         self.sku == data.sku
             && self.name == data.name
             && self.currency == data.currency
             && self.unit_price_minor == data.unit_price_minor
             && self.on_hand == data.on_hand
+            && d.description
+                .as_ref()
+                .is_none_or(|v| *v == self.description)
+            && d.category.as_ref().is_none_or(|v| *v == self.category)
+            && d.tags.as_ref().is_none_or(|v| *v == self.tags)
+    }
+
+    /// The event of an upsert that left the product as it is now.
+    pub fn upserted(&self) -> ProductUpserted {
+        ProductUpserted {
+            product_id: self.product_id,
+            sku: self.sku.clone(),
+            name: self.name.clone(),
+            currency: self.currency.clone(),
+            unit_price_minor: self.unit_price_minor,
+            on_hand: self.on_hand,
+            description: self.description.clone(),
+            category: self.category.clone(),
+            tags: self.tags.clone(),
+            version: self.version,
+        }
     }
 }
 
@@ -151,7 +179,8 @@ async fn upsert_once(
     }
     let (product, created) = match lock_product(conn, data.product_id).await? {
         Some(p) if p.has(data) => return Ok((p, false)),
-        Some(_) => {
+        Some(p) => {
+            let d = &data.details;
             let updated = diesel::update(products::table.find(data.product_id))
                 .set((
                     products::sku.eq(&data.sku),
@@ -159,6 +188,10 @@ async fn upsert_once(
                     products::currency.eq(&data.currency),
                     products::unit_price_minor.eq(data.unit_price_minor),
                     products::on_hand.eq(data.on_hand),
+                    products::description.eq(d.description.as_ref().unwrap_or(&p.description)),
+                    products::category.eq(d.category.as_ref().unwrap_or(&p.category)),
+                    products::tags.eq(d.tags.as_ref().unwrap_or(&p.tags)),
+                    products::version.eq(products::version + 1),
                     products::updated_at.eq(diesel::dsl::now),
                 ))
                 .returning(Product::as_returning())
@@ -167,6 +200,7 @@ async fn upsert_once(
             (updated, false)
         }
         None => {
+            let d = &data.details;
             let inserted = diesel::insert_into(products::table)
                 .values((
                     products::product_id.eq(data.product_id),
@@ -175,6 +209,10 @@ async fn upsert_once(
                     products::currency.eq(&data.currency),
                     products::unit_price_minor.eq(data.unit_price_minor),
                     products::on_hand.eq(data.on_hand),
+                    products::description.eq(d.description.clone().flatten()),
+                    products::category.eq(d.category.clone().flatten()),
+                    products::tags.eq(d.tags.clone().unwrap_or_default()),
+                    products::version.eq(1),
                 ))
                 .on_conflict(products::product_id)
                 .do_nothing()
@@ -185,19 +223,7 @@ async fn upsert_once(
             (inserted.ok_or(UpsertError::Raced)?, true)
         }
     };
-    orderflow_outbox::append(
-        conn,
-        EVENT_SOURCE,
-        ProductUpserted {
-            product_id: product.product_id,
-            sku: product.sku.clone(),
-            name: product.name.clone(),
-            currency: product.currency.clone(),
-            unit_price_minor: product.unit_price_minor,
-            on_hand: product.on_hand,
-        },
-    )
-    .await?;
+    orderflow_outbox::append(conn, EVENT_SOURCE, product.upserted()).await?;
     Ok((product, created))
 }
 
@@ -287,6 +313,7 @@ pub async fn adjust_stock(pool: &Pool, adj: Adjustment) -> Result<Product, Inven
         let product = diesel::update(products::table.find(adj.product_id))
             .set((
                 products::on_hand.eq(on_hand),
+                products::version.eq(products::version + 1),
                 products::updated_at.eq(diesel::dsl::now),
             ))
             .returning(Product::as_returning())
@@ -300,6 +327,7 @@ pub async fn adjust_stock(pool: &Pool, adj: Adjustment) -> Result<Product, Inven
                 delta: adj.delta,
                 on_hand,
                 reason: adj.reason.clone(),
+                version: product.version,
             },
         )
         .await?;

@@ -91,6 +91,7 @@ fn reserved(token: &str) -> CloudEvent<InventoryReserved> {
             lines: vec![ReservedLine {
                 product_id: Uuid::new_v4(),
                 quantity: 1,
+                stock: None,
             }],
         },
     )

@@ -44,6 +44,7 @@ async fn the_binary_migrates_serves_and_answers_grpcurl() {
         lines: vec![ReservedLine {
             product_id: Uuid::new_v4(),
             quantity: 1,
+            stock: None,
         }],
     };
     let mut conn = AsyncPgConnection::establish(db.url()).await.unwrap();

@@ -1,5 +1,8 @@
 //! Reading a stock file: CSV with the header
-//! `sku,name,unit_price_minor,currency,quantity`, one product per record.
+//! `sku,name,unit_price_minor,currency,quantity`, optionally followed by
+//! any of `description`, `category` and `tags` (tags separated by `|`),
+//! one product per record. A column the file does not have leaves what
+//! the server stores; an empty field clears it.
 //! A record that cannot be read into a row (wrong field count, a number
 //! that is not one, invalid UTF-8) becomes a row with `client_error` set,
 //! so the server reports it with the others; only I/O errors stop reading.
@@ -10,6 +13,12 @@ use anyhow::{Context as _, bail};
 use orderflow_proto::inventory::v1 as pb;
 
 pub const HEADER: [&str; 5] = ["sku", "name", "unit_price_minor", "currency", "quantity"];
+
+/// The columns that may follow [`HEADER`], in any order.
+pub const OPTIONAL: [&str; 3] = ["description", "category", "tags"];
+
+/// Separates the tags of the `tags` field.
+pub const TAG_SEPARATOR: char = '|';
 
 /// Where a record starts, to seek back to it when resuming.
 pub type Position = csv::Position;
@@ -22,6 +31,8 @@ pub struct RowReader {
     /// included), so the line is worked out from where the record ended.
     len: u64,
     ends_with_newline: bool,
+    /// The file's columns: [`HEADER`] then optional ones.
+    columns: Vec<String>,
 }
 
 impl RowReader {
@@ -54,11 +65,17 @@ impl RowReader {
             .iter()
             .map(|f| String::from_utf8_lossy(f).trim().to_ascii_lowercase())
             .collect();
-        if fields != HEADER {
+        let extra = fields.get(HEADER.len()..).unwrap_or_default();
+        let extra_ok = extra
+            .iter()
+            .enumerate()
+            .all(|(i, f)| OPTIONAL.contains(&f.as_str()) && !extra[..i].contains(f));
+        if fields.get(..HEADER.len()) != Some(&HEADER.map(str::to_owned)[..]) || !extra_ok {
             bail!(
-                "{} is not a stock file: its first line must be `{}`, not `{}`",
+                "{} is not a stock file: its first line must be `{}` (then any of {}), not `{}`",
                 path.display(),
                 HEADER.join(","),
+                OPTIONAL.join(", "),
                 fields.join(",")
             );
         }
@@ -67,6 +84,7 @@ impl RowReader {
             record: csv::ByteRecord::new(),
             len,
             ends_with_newline,
+            columns: fields,
         })
     }
 
@@ -101,16 +119,16 @@ impl RowReader {
             .sum::<u64>();
         let line = after.line() - u64::from(newline_read) - inner_newlines;
         let row_number = i64::try_from(line).context("line number out of range")?;
-        Ok(Some(parse(row_number, &self.record)))
+        Ok(Some(parse(row_number, &self.record, &self.columns)))
     }
 }
 
-fn parse(row_number: i64, record: &csv::ByteRecord) -> pb::StockRow {
+fn parse(row_number: i64, record: &csv::ByteRecord, columns: &[String]) -> pb::StockRow {
     let mut row = pb::StockRow {
         row_number,
         ..pb::StockRow::default()
     };
-    if record.len() != HEADER.len() {
+    if record.len() != columns.len() {
         row.sku = record
             .get(0)
             .map(|s| String::from_utf8_lossy(s).into_owned())
@@ -118,8 +136,8 @@ fn parse(row_number: i64, record: &csv::ByteRecord) -> pb::StockRow {
         row.client_error = format!(
             "line {row_number}: {} fields, expected {} ({})",
             record.len(),
-            HEADER.len(),
-            HEADER.join(",")
+            columns.len(),
+            columns.join(",")
         );
         return row;
     }
@@ -127,10 +145,27 @@ fn parse(row_number: i64, record: &csv::ByteRecord) -> pb::StockRow {
     let mut text = |i: usize| match std::str::from_utf8(&record[i]) {
         Ok(s) => s.to_owned(),
         Err(_) => {
-            problems.push(format!("{}: not valid UTF-8", HEADER[i]));
+            problems.push(format!("{}: not valid UTF-8", columns[i]));
             String::from_utf8_lossy(&record[i]).into_owned()
         }
     };
+    for (i, column) in columns.iter().enumerate().skip(HEADER.len()) {
+        let value = text(i);
+        match column.as_str() {
+            "description" => row.description = Some(value),
+            "category" => row.category = Some(value),
+            _ => {
+                row.tags = Some(pb::Tags {
+                    values: value
+                        .split(TAG_SEPARATOR)
+                        .map(str::trim)
+                        .filter(|t| !t.is_empty())
+                        .map(str::to_owned)
+                        .collect(),
+                });
+            }
+        }
+    }
     row.sku = text(0);
     row.name = text(1);
     let price = text(2);
@@ -260,6 +295,31 @@ mod tests {
         r.seek(positions[3].clone()).unwrap();
         assert_eq!(r.next_row().unwrap().unwrap().row_number, 6);
         assert_eq!(count_lines(f.path()).unwrap(), 9);
+    }
+
+    #[test]
+    fn optional_columns_are_read_when_the_header_has_them() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        write!(
+            f,
+            "sku,name,unit_price_minor,currency,quantity,tags,description\n\
+             A,Mug,1250,EUR,3,kitchen | stoneware,\"Large, blue\"\n\
+             B,Plate,100,EUR,1,,\n"
+        )
+        .unwrap();
+        let mut r = RowReader::open(f.path()).unwrap();
+        let a = r.next_row().unwrap().unwrap();
+        assert!(a.client_error.is_empty(), "{}", a.client_error);
+        assert_eq!(a.description.as_deref(), Some("Large, blue"));
+        assert_eq!(a.category, None, "no category column: kept");
+        assert_eq!(a.tags.unwrap().values, ["kitchen", "stoneware"]);
+        let b = r.next_row().unwrap().unwrap();
+        assert_eq!(b.description.as_deref(), Some(""), "empty: cleared");
+        assert_eq!(b.tags.unwrap().values, Vec::<String>::new());
+
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        writeln!(f, "sku,name,unit_price_minor,currency,quantity,tags,tags").unwrap();
+        assert!(RowReader::open(f.path()).is_err());
     }
 
     #[test]

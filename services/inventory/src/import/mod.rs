@@ -9,7 +9,6 @@
 //! size: when the writer falls behind, the reader stops reading and HTTP/2
 //! flow control pushes back on the client.
 
-pub mod event;
 pub mod rows;
 pub mod store;
 

@@ -10,7 +10,7 @@ use orderflow_proto::inventory::v1 as pb;
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::request::{MAX_NAME_LEN, MAX_SKU_LEN, text_problem};
+use crate::request::{Details, MAX_NAME_LEN, MAX_SKU_LEN, details, text_problem};
 
 /// The most rows one `ImportStockRequest` may carry: bounds what the
 /// server decodes at once (with gRPC's 4 MiB message limit).
@@ -44,6 +44,8 @@ pub struct GoodRows {
     pub currency: Vec<String>,
     pub unit_price_minor: Vec<i64>,
     pub on_hand: Vec<i64>,
+    /// Description, category and tags; what a row does not give is kept.
+    pub details: Vec<Details>,
 }
 
 impl GoodRows {
@@ -66,6 +68,7 @@ impl GoodRows {
         self.currency.push(row.currency);
         self.unit_price_minor.push(row.unit_price_minor);
         self.on_hand.push(row.on_hand);
+        self.details.push(row.details);
     }
 
     /// Keeps the rows for which `keep(index)` holds, in order.
@@ -78,6 +81,7 @@ impl GoodRows {
         keep_only(&mut self.currency, &keep);
         keep_only(&mut self.unit_price_minor, &keep);
         keep_only(&mut self.on_hand, &keep);
+        keep_only(&mut self.details, &keep);
     }
 
     /// A copy of the rows at `indices`, in that order.
@@ -91,6 +95,7 @@ impl GoodRows {
             currency: pick(&self.currency),
             unit_price_minor: indices.iter().map(|&i| self.unit_price_minor[i]).collect(),
             on_hand: indices.iter().map(|&i| self.on_hand[i]).collect(),
+            details: indices.iter().map(|&i| self.details[i].clone()).collect(),
         }
     }
 
@@ -107,6 +112,7 @@ impl GoodRows {
         permute(&mut self.currency, &order);
         permute(&mut self.unit_price_minor, &order);
         permute(&mut self.on_hand, &order);
+        permute(&mut self.details, &order);
     }
 }
 
@@ -243,6 +249,7 @@ struct ValidRow {
     currency: String,
     unit_price_minor: i64,
     on_hand: i64,
+    details: Details,
 }
 
 /// The same rules as UpsertProduct, one reason listing every problem.
@@ -282,6 +289,18 @@ fn validate(row: pb::StockRow) -> Result<ValidRow, Rejected> {
     if row.quantity < 0 {
         problems.push("quantity: must not be negative".to_owned());
     }
+    let mut detail_problems = Vec::new();
+    let details = details(
+        row.description,
+        row.category,
+        row.tags,
+        &mut detail_problems,
+    );
+    problems.extend(
+        detail_problems
+            .into_iter()
+            .map(|(field, problem)| format!("{field}: {problem}")),
+    );
     if !problems.is_empty() {
         return Err(Rejected::new(
             row.row_number,
@@ -296,6 +315,7 @@ fn validate(row: pb::StockRow) -> Result<ValidRow, Rejected> {
         currency,
         unit_price_minor,
         on_hand: row.quantity,
+        details,
     })
 }
 
@@ -379,6 +399,7 @@ mod tests {
             }),
             quantity,
             client_error: String::new(),
+            ..Default::default()
         }
     }
 

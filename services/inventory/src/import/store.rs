@@ -15,10 +15,9 @@ use diesel_async::{AsyncConnection as _, AsyncPgConnection, RunQueryDsl as _};
 use orderflow_db::Pool;
 use uuid::Uuid;
 
-use super::{
-    event::{ImportedProduct, StockImported},
-    rows::{Chunk, GoodRows},
-};
+use orderflow_events::inventory::{IMPORTED_COLUMNS, ImportedProduct, StockImported};
+
+use super::rows::{Chunk, GoodRows};
 use crate::{EVENT_SOURCE, store::InventoryError};
 
 /// An import's progress and counts, as committed.
@@ -307,9 +306,10 @@ struct ImportState {
     source: Uuid,
 }
 
-/// A product the upsert inserted or touched. Its data is the chunk's row
-/// (the upsert wrote exactly that) unless the row repeats a SKU
-/// (`import_row` is then an earlier row), so only the SKU comes back.
+/// A product the upsert inserted or touched. Its name, price and stock are
+/// the chunk's row (the upsert wrote exactly that) unless the row repeats
+/// a SKU (`import_row` is then an earlier row), so they do not come back;
+/// its details do (a row may keep the stored ones), and its version.
 #[derive(QueryableByName)]
 struct Changed {
     #[diesel(sql_type = SqlUuid)]
@@ -322,7 +322,19 @@ struct Changed {
     changed: bool,
     #[diesel(sql_type = BigInt)]
     import_row: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    description: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    category: Option<String>,
+    #[diesel(sql_type = Array<Text>)]
+    tags: Vec<String>,
+    #[diesel(sql_type = BigInt)]
+    version: i64,
 }
+
+/// Joins a row's tags for binding as one `text` (PostgreSQL arrays of
+/// arrays must be rectangular); a tag has no control characters.
+const TAG_SEPARATOR: char = '\u{1f}';
 
 /// One multi-row upsert over arrays (unnest), rows in SKU order.
 ///
@@ -341,58 +353,151 @@ struct Changed {
 /// is this transaction's) tells a data change from a marker move. It
 /// returns no product data: the service has it (the chunk's rows), and
 /// sending 2,000,000 names and currencies back cost the backend time.
-static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+/// The upsert for rows that give the details marked in `given`
+/// (description, category, tags): those it sets, the others it keeps.
+fn upsert_sql(given: [bool; 3]) -> String {
     // coalesce: a product no import has marked has NULLs, and a NULL would
     // make `NOT dup` NULL too.
     let dup = "coalesce(p.import_source = excluded.import_source \
          AND p.import_row < excluded.import_row, false)";
-    let changed = "((p.name, p.currency, p.unit_price_minor, p.on_hand) \
-         IS DISTINCT FROM (excluded.name, excluded.currency, excluded.unit_price_minor, excluded.on_hand))";
+    let details: Vec<&str> = ["description", "category", "tags"]
+        .into_iter()
+        .zip(given)
+        .filter_map(|(column, given)| given.then_some(column))
+        .collect();
+    let mut compared = vec!["name", "currency", "unit_price_minor", "on_hand"];
+    compared.extend(&details);
+    let list = |prefix: &str| {
+        compared
+            .iter()
+            .map(|c| format!("{prefix}.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let changed = format!("(({}) IS DISTINCT FROM ({}))", list("p"), list("excluded"));
     let keep = |column: &str| {
         format!("{column} = CASE WHEN {dup} THEN p.{column} ELSE excluded.{column} END")
     };
+    let mut set: Vec<String> = compared.iter().map(|c| keep(c)).collect();
+    set.push(format!(
+        "updated_at = CASE WHEN NOT {dup} AND {changed} THEN now() ELSE p.updated_at END"
+    ));
+    set.push(format!(
+        "version = CASE WHEN NOT {dup} AND {changed} THEN p.version + 1 ELSE p.version END"
+    ));
+    set.push(keep("import_source"));
+    set.push(keep("import_row"));
     format!(
         "INSERT INTO products AS p \
-           (product_id, sku, name, currency, unit_price_minor, on_hand, import_source, import_row) \
-         SELECT i.product_id, i.sku, i.name, i.currency, i.unit_price_minor, i.on_hand, $8, i.import_row \
-           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[]) \
-             AS i(product_id, sku, name, currency, unit_price_minor, on_hand, import_row) \
-         ON CONFLICT (sku) DO UPDATE SET {}, {}, {}, {}, \
-           updated_at = CASE WHEN NOT {dup} AND {changed} THEN now() ELSE p.updated_at END, \
-           {}, {} \
+           (product_id, sku, name, currency, unit_price_minor, on_hand, import_source, import_row, \
+            description, category, tags, version) \
+         SELECT i.product_id, i.sku, i.name, i.currency, i.unit_price_minor, i.on_hand, $8, i.import_row, \
+                i.description, i.category, string_to_array(i.tags, chr(31)), 1 \
+           FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], \
+                       $9::text[], $10::text[], $11::text[]) \
+             AS i(product_id, sku, name, currency, unit_price_minor, on_hand, import_row, \
+                  description, category, tags) \
+         ON CONFLICT (sku) DO UPDATE SET {} \
          WHERE {dup} OR {changed} \
             OR p.import_source IS DISTINCT FROM excluded.import_source \
             OR p.import_row IS DISTINCT FROM excluded.import_row \
-         RETURNING p.product_id, p.sku, (p.xmax = 0) AS inserted, (p.updated_at = now()) AS changed, p.import_row",
-        keep("name"),
-        keep("currency"),
-        keep("unit_price_minor"),
-        keep("on_hand"),
-        keep("import_source"),
-        keep("import_row"),
+         RETURNING p.product_id, p.sku, (p.xmax = 0) AS inserted, (p.updated_at = now()) AS changed, \
+                   p.import_row, p.description, p.category, p.tags, p.version",
+        set.join(", ")
     )
+}
+
+/// One multi-row upsert over arrays (unnest) per combination of details
+/// the rows give, rows in SKU order.
+///
+/// Every product remembers the import row that last set it (source, row).
+/// For a known SKU:
+/// * a row of the same source whose row number is higher than the
+///   remembered one repeats a SKU the file gave before (`dup`): nothing
+///   changes (the SET keeps every value, so RETURNING shows the first row);
+/// * otherwise a row whose data differs replaces it, with a new updated_at
+///   and the next version;
+/// * an identical row of another source only moves the marker to itself
+///   (a write, no new updated_at, no event), so that a repeat later in the
+///   same file is recognised on this run and the next;
+/// * an identical row that already holds the marker writes nothing.
+///
+/// RETURNING gives the inserted and touched products; `changed` (updated_at
+/// is this transaction's) tells a data change from a marker move. It
+/// returns no name, price or stock: the service has them (the chunk's
+/// rows), and sending 2,000,000 names and currencies back cost the backend
+/// time.
+static UPSERT: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    (0..8u8)
+        .map(|mask| upsert_sql([mask & 1 != 0, mask & 2 != 0, mask & 4 != 0]))
+        .collect()
 });
 
-/// Runs [`UPSERT`] over `rows` (sorted by SKU).
+fn mask([description, category, tags]: [bool; 3]) -> usize {
+    usize::from(description) | usize::from(category) << 1 | usize::from(tags) << 2
+}
+
+/// Runs [`UPSERT`] over `rows` (sorted by SKU): one statement per
+/// combination of given details (a file normally has one).
 async fn upsert(
     conn: &mut AsyncPgConnection,
     rows: &GoodRows,
     source: Uuid,
 ) -> Result<Vec<Changed>, diesel::result::Error> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new(); 8];
+    for (i, d) in rows.details.iter().enumerate() {
+        groups[mask(d.given())].push(i);
     }
-    diesel::sql_query(UPSERT.as_str())
-        .bind::<Array<SqlUuid>, _>(&rows.product_id)
-        .bind::<Array<Text>, _>(&rows.sku)
-        .bind::<Array<Text>, _>(&rows.name)
-        .bind::<Array<Text>, _>(&rows.currency)
-        .bind::<Array<BigInt>, _>(&rows.unit_price_minor)
-        .bind::<Array<BigInt>, _>(&rows.on_hand)
-        .bind::<Array<BigInt>, _>(&rows.row_number)
-        .bind::<SqlUuid, _>(source)
-        .load(conn)
-        .await
+    let mut changed = Vec::new();
+    for (m, indices) in groups.iter().enumerate() {
+        if indices.is_empty() {
+            continue;
+        }
+        let subset;
+        let group = if indices.len() == rows.len() {
+            rows
+        } else {
+            subset = rows.subset(indices);
+            &subset
+        };
+        let description: Vec<Option<&str>> = group
+            .details
+            .iter()
+            .map(|d| d.description.as_ref().and_then(|v| v.as_deref()))
+            .collect();
+        let category: Vec<Option<&str>> = group
+            .details
+            .iter()
+            .map(|d| d.category.as_ref().and_then(|v| v.as_deref()))
+            .collect();
+        let tags: Vec<String> = group
+            .details
+            .iter()
+            .map(|d| {
+                d.tags
+                    .as_deref()
+                    .unwrap_or_default()
+                    .join(&TAG_SEPARATOR.to_string())
+            })
+            .collect();
+        changed.extend(
+            diesel::sql_query(UPSERT[m].as_str())
+                .bind::<Array<SqlUuid>, _>(&group.product_id)
+                .bind::<Array<Text>, _>(&group.sku)
+                .bind::<Array<Text>, _>(&group.name)
+                .bind::<Array<Text>, _>(&group.currency)
+                .bind::<Array<BigInt>, _>(&group.unit_price_minor)
+                .bind::<Array<BigInt>, _>(&group.on_hand)
+                .bind::<Array<BigInt>, _>(&group.row_number)
+                .bind::<SqlUuid, _>(source)
+                .bind::<Array<Nullable<Text>>, _>(&description)
+                .bind::<Array<Nullable<Text>>, _>(&category)
+                .bind::<Array<Text>, _>(&tags)
+                .load::<Changed>(conn)
+                .await?,
+        );
+    }
+    Ok(changed)
 }
 
 async fn write_once(
@@ -514,7 +619,7 @@ async fn write_once(
         .map(|(i, sku)| (sku.as_str(), i))
         .collect();
     let mut repeated = HashMap::new();
-    let mut changed: Vec<(usize, Uuid, bool)> = Vec::new();
+    let mut changed: Vec<(usize, Changed)> = Vec::new();
     for c in returned {
         let Some(&i) = index.get(c.sku.as_str()) else {
             continue;
@@ -525,22 +630,26 @@ async fn write_once(
                 format!("sku: {} was already given on row {}", c.sku, c.import_row),
             );
         } else if c.inserted || c.changed {
-            changed.push((i, c.product_id, c.inserted));
+            changed.push((i, c));
         }
     }
     drop(index);
     // The event's products, from the chunk's rows, before `reject` moves
     // rows around.
     let products: Vec<ImportedProduct> = changed
-        .iter()
-        .map(|&(i, product_id, created)| ImportedProduct {
-            product_id,
+        .into_iter()
+        .map(|(i, c)| ImportedProduct {
+            product_id: c.product_id,
             sku: chunk.good.sku[i].clone(),
             name: chunk.good.name[i].clone(),
             currency: chunk.good.currency[i].clone(),
             unit_price_minor: chunk.good.unit_price_minor[i],
             on_hand: chunk.good.on_hand[i],
-            created,
+            created: c.inserted,
+            description: c.description,
+            category: c.category,
+            tags: c.tags,
+            version: c.version,
         })
         .collect();
     chunk.reject(&repeated);
@@ -589,7 +698,7 @@ async fn write_once(
                 import_id,
                 first_row: chunk.first_row,
                 last_row: chunk.last_row,
-                columns: super::event::COLUMNS.map(str::to_owned).to_vec(),
+                columns: IMPORTED_COLUMNS.map(str::to_owned).to_vec(),
                 products,
             },
         )

@@ -162,6 +162,7 @@ pub fn product_request(id: Uuid, sku: &str, on_hand: i64) -> pb::UpsertProductRe
             currency: "EUR".to_owned(),
         }),
         on_hand,
+        ..Default::default()
     }
 }
 

@@ -351,6 +351,7 @@ fn row(n: i64, sku: &str, price: i64, quantity: i64) -> pb::StockRow {
         }),
         quantity,
         client_error: String::new(),
+        ..Default::default()
     }
 }
 

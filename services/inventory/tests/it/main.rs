@@ -10,6 +10,7 @@ mod helpers;
 mod access;
 mod adjust;
 mod commit;
+mod details;
 mod hostile;
 mod import;
 mod list;

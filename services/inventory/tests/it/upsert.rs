@@ -136,6 +136,7 @@ async fn an_invalid_upsert_lists_every_bad_field_and_writes_nothing() {
                 currency: "euro".into(),
             }),
             on_hand: -1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -182,6 +183,7 @@ async fn a_currency_code_not_in_use_is_invalid() {
                 currency: "EUO".into(),
             }),
             on_hand: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();

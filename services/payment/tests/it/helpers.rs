@@ -166,6 +166,7 @@ pub fn reserved(customer: Uuid, token: &str, total_minor: i64) -> InventoryReser
         lines: vec![ReservedLine {
             product_id: Uuid::new_v4(),
             quantity: 1,
+            stock: None,
         }],
     }
 }

@@ -119,19 +119,32 @@ pub(crate) fn decode<E: Event>(
             ),
         });
     }
-    if head.dataversion != E::VERSION {
+    if !(E::MIN_VERSION..=E::VERSION).contains(&head.dataversion) {
+        let reads = if E::MIN_VERSION == E::VERSION {
+            format!("version {}", E::VERSION)
+        } else {
+            format!("versions {} to {}", E::MIN_VERSION, E::VERSION)
+        };
+        let newer = if head.dataversion > E::VERSION {
+            " (newer than this build knows: deploy the new consumer, then move the message back)"
+        } else {
+            " (older than this build still reads)"
+        };
         return Err(Undecodable {
             kind: FailureKind::Unsupported,
             reason: format!(
-                "{} dataversion {}, this handler reads version {}",
+                "{} dataversion {}, this handler reads {reads}{newer}",
                 E::TYPE,
                 head.dataversion,
-                E::VERSION
             ),
         });
     }
     let event = serde_json::from_slice(body).map_err(|e| {
-        Undecodable::malformed(format!("{} v{} does not parse: {e}", E::TYPE, E::VERSION))
+        Undecodable::malformed(format!(
+            "{} v{} does not parse: {e}",
+            E::TYPE,
+            head.dataversion
+        ))
     })?;
     Ok((message_id, event))
 }
@@ -181,11 +194,15 @@ mod tests {
     #[derive(Debug, Serialize, Deserialize)]
     struct Thing {
         id: Uuid,
+        /// Added in version 3.
+        #[serde(default)]
+        colour: Option<String>,
     }
 
     impl Event for Thing {
         const TYPE: &'static str = "thing.happened";
-        const VERSION: u32 = 2;
+        const VERSION: u32 = 3;
+        const MIN_VERSION: u32 = 2;
         const AGGREGATE_TYPE: &'static str = "thing";
         fn aggregate_id(&self) -> Uuid {
             self.id
@@ -201,7 +218,13 @@ mod tests {
 
     #[test]
     fn decodes_and_classifies() {
-        let event = CloudEvent::new("test", Thing { id: Uuid::new_v4() });
+        let event = CloudEvent::new(
+            "test",
+            Thing {
+                id: Uuid::new_v4(),
+                colour: Some("red".into()),
+            },
+        );
         let body = serde_json::to_vec(&event).unwrap();
         let id = Uuid::new_v4();
         let (got, back) = decode::<Thing>(&props(Some(&id.to_string())), &body).unwrap();
@@ -214,12 +237,31 @@ mod tests {
         assert_eq!(kind(&props(Some("42")), &body), FailureKind::Malformed);
         assert_eq!(kind(&good, b"{not json"), FailureKind::Malformed);
         let mut v = serde_json::to_value(&event).unwrap();
-        v["dataversion"] = 3.into();
-        assert_eq!(
-            kind(&good, &serde_json::to_vec(&v).unwrap()),
-            FailureKind::Unsupported
+        // Version 2, still in flight, has no colour: read, with the default.
+        let mut old = v.clone();
+        old["dataversion"] = 2.into();
+        old["data"] = serde_json::json!({"id": event.data.id});
+        let (_, back) = decode::<Thing>(&good, &serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!((back.data.id, back.dataversion), (event.data.id, 2));
+        assert_eq!(back.data.colour, None);
+        for version in [1, 4] {
+            v["dataversion"] = version.into();
+            let err = decode::<Thing>(&good, &serde_json::to_vec(&v).unwrap()).unwrap_err();
+            assert_eq!(err.kind, FailureKind::Unsupported);
+            assert!(
+                err.reason.contains("reads versions 2 to 3"),
+                "{}",
+                err.reason
+            );
+        }
+        v["dataversion"] = 4.into();
+        let err = decode::<Thing>(&good, &serde_json::to_vec(&v).unwrap()).unwrap_err();
+        assert!(
+            err.reason.contains("newer than this build knows"),
+            "{}",
+            err.reason
         );
-        v["dataversion"] = 2.into();
+        v["dataversion"] = 3.into();
         v["type"] = "thing.vanished".into();
         assert_eq!(
             kind(&good, &serde_json::to_vec(&v).unwrap()),

@@ -13,8 +13,14 @@ pub mod payment;
 pub trait Event: Serialize + DeserializeOwned {
     /// CloudEvents `type` and AMQP routing key, `<aggregate>.<past tense>`.
     const TYPE: &'static str;
-    /// Schema version of the payload (`dataversion`).
+    /// Schema version of the payload this build writes (`dataversion`).
     const VERSION: u32;
+    /// The oldest version this build still reads. A newer version only
+    /// adds fields, which the struct declares `#[serde(default)]`, so one
+    /// struct reads every version from `MIN_VERSION` to `VERSION`: those
+    /// still in flight (in a queue, or in an outbox) during a rolling
+    /// deploy. A consumer parks a version above `VERSION` in its DLQ.
+    const MIN_VERSION: u32 = Self::VERSION;
     const AGGREGATE_TYPE: &'static str;
 
     /// The aggregate whose events must be published in order.
