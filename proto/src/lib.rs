@@ -1,6 +1,12 @@
 #![doc = include_str!("../README.md")]
 #![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)] // generated code
 
+pub mod catalog {
+    pub mod v1 {
+        tonic::include_proto!("orderflow.catalog.v1");
+    }
+}
+
 pub mod inventory {
     pub mod v1 {
         tonic::include_proto!("orderflow.inventory.v1");

@@ -42,6 +42,9 @@ pub const ORDER: &str = "orderflow.order.v1.OrderService";
 pub const INVENTORY: &str = "orderflow.inventory.v1.InventoryService";
 pub const PAYMENT: &str = "orderflow.payment.v1.PaymentService";
 pub const NOTIFICATION: &str = "orderflow.notification.v1.NotificationService";
+pub const CATALOG: &str = "orderflow.catalog.v1.CatalogService";
+/// Started only by [`System::start_with_catalog`].
+pub const CATALOG_SERVICE: &str = "catalog";
 /// How long one saga step may take before a wait gives up.
 pub const SETTLE: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -264,19 +267,43 @@ impl System {
     /// [`Self::start_with`], with `everywhere` added to the environment of
     /// every process, the relay's included (e.g. the OTLP endpoint).
     pub async fn start_with_env(overrides: Overrides<'_>, everywhere: &[(&str, &str)]) -> Self {
+        Self::start_all(overrides, everywhere, false).await
+    }
+
+    /// [`Self::start`] with the catalog service too (its database, its
+    /// queues, a source of the relay).
+    pub async fn start_with_catalog() -> Self {
+        Self::start_all(&[], &[], true).await
+    }
+
+    async fn start_all(
+        overrides: Overrides<'_>,
+        everywhere: &[(&str, &str)],
+        with_catalog: bool,
+    ) -> Self {
         let broker = TestBroker::new();
-        let (order, inventory, payment, notification) = tokio::join!(
+        let (order, inventory, payment, notification, catalog) = tokio::join!(
             TestDatabase::new("order", orderflow_order::MIGRATIONS),
             TestDatabase::new("inventory", orderflow_inventory::MIGRATIONS),
             TestDatabase::new("payment", orderflow_payment::MIGRATIONS),
             TestDatabase::new("notification", orderflow_notification::MIGRATIONS),
+            async {
+                if with_catalog {
+                    Some(TestDatabase::new("catalog", orderflow_catalog::MIGRATIONS).await)
+                } else {
+                    None
+                }
+            },
         );
+        let mut names: Vec<&'static str> = SERVICES.to_vec();
+        let mut dbs = vec![order, inventory, payment, notification];
+        if let Some(catalog) = catalog {
+            names.push(CATALOG_SERVICE);
+            dbs.push(catalog);
+        }
         let mut sql = HashMap::new();
         let mut services = Vec::new();
-        for (name, db) in SERVICES
-            .into_iter()
-            .zip([order, inventory, payment, notification])
-        {
+        for (name, db) in names.iter().copied().zip(dbs) {
             let (client, connection) = tokio_postgres::connect(db.url(), tokio_postgres::NoTls)
                 .await
                 .unwrap_or_else(|e| panic!("cannot connect to the {name} database: {e}"));
@@ -317,12 +344,12 @@ impl System {
                 .collect()
         };
         let procs = join_all(
-            SERVICES
+            names
                 .iter()
                 .map(|svc| system.spawn_service(svc, &extra(svc))),
         )
         .await;
-        for (svc, (proc, addr)) in SERVICES.iter().zip(procs) {
+        for (svc, (proc, addr)) in names.iter().zip(procs) {
             let s = system.service_mut(svc);
             s.proc = Some(proc);
             s.addr = addr;
@@ -586,6 +613,7 @@ impl System {
             "inventory" => INVENTORY,
             "payment" => PAYMENT,
             "notification" => NOTIFICATION,
+            "catalog" => CATALOG,
             other => panic!("no service {other}"),
         };
         let out = Command::new(&grpcurl)

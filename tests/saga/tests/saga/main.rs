@@ -9,6 +9,7 @@ mod harness;
 mod otlp;
 
 mod cancel;
+mod catalog;
 mod chaos;
 mod crash;
 mod duplicates;

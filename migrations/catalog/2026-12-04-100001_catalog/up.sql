@@ -1,0 +1,70 @@
+-- The catalog: a searchable copy of inventory's products, written only by
+-- the catalog's event handlers (inventory's events, through the outbox,
+-- the relay and the inbox). Owned by the catalog service.
+
+-- Similar words for typo tolerance (a trusted extension: the database's
+-- owner may create it).
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+
+-- A generation is one complete copy of the catalog. Searches read the one
+-- SERVING; a rebuild fills a BUILDING one from inventory's snapshot and
+-- switches over once it has caught up, so searches go on meanwhile. Events
+-- apply to both.
+CREATE TABLE catalog_generations (
+    generation  integer     PRIMARY KEY,
+    state       text        NOT NULL CHECK (state IN ('SERVING', 'BUILDING', 'RETIRED')),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX catalog_generations_one_serving ON catalog_generations (state)
+    WHERE state = 'SERVING';
+INSERT INTO catalog_generations (generation, state) VALUES (1, 'SERVING');
+
+-- to_tsvector over tags needs an immutable text of them (array_to_string
+-- is only stable: other element types format by settings; text does not).
+CREATE FUNCTION catalog_tags_text(tags text[]) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    RETURN array_to_string(tags, ' ');
+
+CREATE TABLE catalog_products (
+    generation        integer     NOT NULL REFERENCES catalog_generations ON DELETE CASCADE,
+    product_id        uuid        NOT NULL,
+    -- NULL until an event with the product's data arrived (a stock event
+    -- can overtake it); such an entry is not searchable yet.
+    sku               text,
+    name              text,
+    description       text,
+    category          text,
+    tags              text[]      NOT NULL DEFAULT '{}',
+    currency          text,
+    unit_price_minor  bigint,
+    available         bigint      NOT NULL DEFAULT 0,
+    -- Inventory's product version of the data and of the stock, and the
+    -- time of the event that set each: an event applies only if it is not
+    -- older (version, then time: version-1 events carry no version).
+    -- Data and stock arrive on different streams, so each keeps its own.
+    data_version      bigint      NOT NULL DEFAULT -1,
+    data_time         timestamptz NOT NULL DEFAULT '-infinity',
+    stock_version     bigint      NOT NULL DEFAULT -1,
+    stock_time        timestamptz NOT NULL DEFAULT '-infinity',
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    -- Full-text search: a match in the name outranks one in the category
+    -- or tags, which outranks one in the description.
+    search            tsvector    GENERATED ALWAYS AS (
+        setweight(to_tsvector('english', coalesce(name, '')), 'A')
+        || setweight(to_tsvector('english', coalesce(category, '') || ' ' || catalog_tags_text(tags)), 'B')
+        || setweight(to_tsvector('english', coalesce(description, '')), 'C')
+    ) STORED,
+    -- Typo tolerance: trigram similarity of a query word to these words.
+    fuzzy             text        GENERATED ALWAYS AS (
+        lower(coalesce(name, '') || ' ' || coalesce(category, '') || ' ' || catalog_tags_text(tags))
+    ) STORED,
+    PRIMARY KEY (generation, product_id)
+);
+
+CREATE INDEX catalog_products_search ON catalog_products USING gin (search);
+CREATE INDEX catalog_products_fuzzy ON catalog_products USING gin (fuzzy gin_trgm_ops);
+-- Browsing and sorting without a query.
+CREATE INDEX catalog_products_by_name ON catalog_products (generation, name, product_id);
+CREATE INDEX catalog_products_by_price ON catalog_products (generation, unit_price_minor, product_id);
+CREATE INDEX catalog_products_by_category ON catalog_products (generation, category);

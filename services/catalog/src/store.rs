@@ -1,0 +1,393 @@
+//! The catalog's reads: search, one product, category counts. Every read
+//! sees the generation being served (`catalog_generations`), and only
+//! entries whose data has arrived.
+//!
+//! A search first matches the query's words with PostgreSQL full-text
+//! search (the `search` tsvector, GIN-indexed; ranked by `ts_rank`, a name
+//! match above a category or tag match above a description match). When
+//! that finds nothing and the query has words a product must hold, it
+//! looks for products whose name, category or tags hold similar words
+//! (pg_trgm's word similarity over `fuzzy`, GIN-indexed): typo tolerance.
+
+use chrono::{DateTime, Utc};
+use diesel::{
+    QueryableByName,
+    pg::Pg,
+    query_builder::BoxedSqlQuery,
+    sql_types::{Array, BigInt, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid},
+};
+use diesel_async::{AsyncPgConnection, RunQueryDsl as _};
+use orderflow_db::{Pool, PoolError};
+use uuid::Uuid;
+
+use crate::{
+    query::Query,
+    request::{Filters, Search, Sort},
+};
+
+/// A catalog entry as the API shows it.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct Entry {
+    #[diesel(sql_type = SqlUuid)]
+    pub product_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub sku: String,
+    #[diesel(sql_type = Text)]
+    pub name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub description: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub category: Option<String>,
+    #[diesel(sql_type = Array<Text>)]
+    pub tags: Vec<String>,
+    #[diesel(sql_type = Text)]
+    pub currency: String,
+    #[diesel(sql_type = BigInt)]
+    pub unit_price_minor: i64,
+    #[diesel(sql_type = BigInt)]
+    pub available: i64,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A search hit: the entry, its relevance and its snippet.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct Hit {
+    #[diesel(embed)]
+    pub entry: Entry,
+    #[diesel(sql_type = Double)]
+    pub relevance: f64,
+    #[diesel(sql_type = Text)]
+    pub snippet: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, QueryableByName)]
+pub struct CategoryCount {
+    #[diesel(sql_type = Text)]
+    pub category: String,
+    #[diesel(sql_type = BigInt)]
+    pub product_count: i64,
+}
+
+/// Why a read did not succeed. Mapped to a gRPC status in one place (`api`).
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("product {0} is not in the catalog")]
+    NotFound(Uuid),
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Every pooled connection stayed busy for the pool's wait timeout.
+    #[error("every database connection is busy: {0}")]
+    Busy(String),
+    #[error("database error: {0}")]
+    Database(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for CatalogError {
+    fn from(err: diesel::result::Error) -> Self {
+        if orderflow_db::is_unavailable(&err) {
+            Self::Unavailable(err.to_string())
+        } else {
+            Self::Database(err)
+        }
+    }
+}
+
+impl From<PoolError> for CatalogError {
+    fn from(err: PoolError) -> Self {
+        if orderflow_db::is_busy(&err) {
+            Self::Busy(err.to_string())
+        } else {
+            Self::Unavailable(err.to_string())
+        }
+    }
+}
+
+const ENTRY_COLUMNS: &str = "p.product_id, p.sku, p.name, p.description, p.category, p.tags, \
+     p.currency, p.unit_price_minor, p.available, p.data_version AS version, p.updated_at";
+
+/// The entries of the generation being served whose data has arrived.
+const VISIBLE: &str = "p.generation = (SELECT generation FROM catalog_generations \
+     WHERE state = 'SERVING') AND p.name IS NOT NULL";
+
+/// Options of the snippet: matched words marked, one fragment of up to 24
+/// words.
+const HEADLINE: &str =
+    "StartSel=<mark>, StopSel=</mark>, MaxWords=24, MinWords=8, ShortWord=2, MaxFragments=1";
+
+/// A bound value of a statement built at run time.
+enum Bind {
+    Text(String),
+    BigInt(i64),
+}
+
+/// A statement built from parts, with its binds numbered as they come.
+#[derive(Default)]
+struct Sql {
+    text: String,
+    binds: Vec<Bind>,
+}
+
+impl Sql {
+    fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    /// Appends `$n` for `value`.
+    fn bind(&mut self, value: Bind) -> &mut Self {
+        self.binds.push(value);
+        let n = self.binds.len();
+        self.text.push_str(&format!("${n}"));
+        self
+    }
+
+    fn into_query(self) -> BoxedSqlQuery<'static, Pg, diesel::query_builder::SqlQuery> {
+        let mut q = diesel::sql_query(self.text).into_boxed::<Pg>();
+        for b in self.binds {
+            q = match b {
+                Bind::Text(v) => q.bind::<Text, _>(v),
+                Bind::BigInt(v) => q.bind::<BigInt, _>(v),
+            };
+        }
+        q
+    }
+}
+
+/// How a search matches: the query's words, similar words, or everything.
+enum Matching {
+    All,
+    Words(String),
+    Similar {
+        words: Vec<String>,
+        excluded: Option<String>,
+    },
+    /// Typo tolerance has nothing to go on (no words a product must hold).
+    Nothing,
+}
+
+impl Matching {
+    /// The `WHERE` conditions (after `AND`) and the relevance expression.
+    fn write(&self, sql: &mut Sql, relevance: bool) {
+        match self {
+            Self::All => {
+                if relevance {
+                    sql.push("0::float8 AS relevance, ");
+                }
+            }
+            Self::Words(tsquery) => {
+                if relevance {
+                    sql.push("ts_rank(p.search, to_tsquery('english', ")
+                        .bind(Bind::Text(tsquery.clone()))
+                        .push("))::float8 AS relevance, ");
+                }
+            }
+            Self::Similar { words, .. } => {
+                if relevance {
+                    sql.push("(0");
+                    for w in words {
+                        sql.push(" + word_similarity(")
+                            .bind(Bind::Text(w.clone()))
+                            .push(", p.fuzzy)");
+                    }
+                    sql.push(")::float8 AS relevance, ");
+                }
+            }
+            Self::Nothing => {
+                if relevance {
+                    sql.push("0::float8 AS relevance, ");
+                }
+            }
+        }
+    }
+
+    fn condition(&self, sql: &mut Sql) {
+        match self {
+            Self::All => {}
+            Self::Words(tsquery) => {
+                sql.push(" AND p.search @@ to_tsquery('english', ")
+                    .bind(Bind::Text(tsquery.clone()))
+                    .push(")");
+            }
+            Self::Similar { words, excluded } => {
+                for w in words {
+                    sql.push(" AND ")
+                        .bind(Bind::Text(w.clone()))
+                        .push(" <% p.fuzzy");
+                }
+                if let Some(excluded) = excluded {
+                    sql.push(" AND NOT p.search @@ to_tsquery('english', ")
+                        .bind(Bind::Text(excluded.clone()))
+                        .push(")");
+                }
+            }
+            Self::Nothing => {
+                sql.push(" AND false");
+            }
+        }
+    }
+}
+
+fn matching(query: &Query) -> Matching {
+    if query.is_empty() {
+        Matching::All
+    } else {
+        Matching::Words(query.to_tsquery())
+    }
+}
+
+/// Typo tolerance for `query`: its required words of three or more
+/// letters (shorter ones have too few trigrams to compare).
+fn similar(query: &Query) -> Matching {
+    let words: Vec<String> = query
+        .required_words()
+        .into_iter()
+        .filter(|w| w.chars().count() >= 3)
+        .collect();
+    if words.is_empty() {
+        Matching::Nothing
+    } else {
+        Matching::Similar {
+            words,
+            excluded: query.exclusions_tsquery(),
+        }
+    }
+}
+
+fn write_filters(sql: &mut Sql, f: &Filters) {
+    if let Some(c) = &f.category {
+        sql.push(" AND p.category = ").bind(Bind::Text(c.clone()));
+    }
+    if let Some(c) = &f.currency {
+        sql.push(" AND p.currency = ").bind(Bind::Text(c.clone()));
+    }
+    if let Some(min) = f.min_price_minor {
+        sql.push(" AND p.unit_price_minor >= ")
+            .bind(Bind::BigInt(min));
+    }
+    if let Some(max) = f.max_price_minor {
+        sql.push(" AND p.unit_price_minor <= ")
+            .bind(Bind::BigInt(max));
+    }
+    if f.in_stock_only {
+        sql.push(" AND p.available > 0");
+    }
+}
+
+/// One page of `search`, and whether the words were matched by similarity.
+///
+/// # Errors
+/// Database errors.
+#[tracing::instrument(name = "catalog.search", skip_all, fields(fuzzy))]
+pub async fn search(pool: &Pool, search: &Search) -> Result<(Vec<Hit>, bool), CatalogError> {
+    let mut conn = pool.get().await?;
+    let hits = search_with(&mut conn, search, &matching(&search.query)).await?;
+    // Typo tolerance only when the words as typed find nothing at all.
+    if !hits.is_empty() || search.query.is_empty() || search.offset > 0 {
+        return Ok((hits, false));
+    }
+    let hits = search_with(&mut conn, search, &similar(&search.query)).await?;
+    tracing::Span::current().record("fuzzy", !hits.is_empty());
+    Ok((hits, true))
+}
+
+async fn search_with(
+    conn: &mut AsyncPgConnection,
+    search: &Search,
+    how: &Matching,
+) -> Result<Vec<Hit>, CatalogError> {
+    // The page first (ranked, filtered, limited), then the snippets of
+    // its rows only: ts_headline re-parses the text, which costs.
+    let mut sql = Sql::default();
+    sql.push("WITH page AS (SELECT ")
+        .push(ENTRY_COLUMNS)
+        .push(", ");
+    how.write(&mut sql, true);
+    sql.push("concat_ws(' — ', p.name, p.description) AS text FROM catalog_products p WHERE ")
+        .push(VISIBLE);
+    how.condition(&mut sql);
+    write_filters(&mut sql, &search.filters);
+    sql.push(match search.sort {
+        Sort::Relevance => " ORDER BY relevance DESC, p.product_id",
+        Sort::PriceAscending => " ORDER BY p.unit_price_minor, p.product_id",
+        Sort::PriceDescending => " ORDER BY p.unit_price_minor DESC, p.product_id",
+        Sort::Name => " ORDER BY p.name, p.product_id",
+    });
+    sql.push(" LIMIT ")
+        .bind(Bind::BigInt(search.page_size + 1))
+        .push(" OFFSET ")
+        .bind(Bind::BigInt(search.offset))
+        .push(") SELECT page.*, ");
+    match how {
+        Matching::Words(tsquery) => {
+            sql.push("ts_headline('english', page.text, to_tsquery('english', ")
+                .bind(Bind::Text(tsquery.clone()))
+                .push("), ")
+                .bind(Bind::Text(HEADLINE.to_owned()))
+                .push(")");
+        }
+        _ => {
+            sql.push("left(page.text, 160)");
+        }
+    }
+    sql.push(" AS snippet FROM page");
+    sql.push(match search.sort {
+        Sort::Relevance => " ORDER BY relevance DESC, product_id",
+        Sort::PriceAscending => " ORDER BY unit_price_minor, product_id",
+        Sort::PriceDescending => " ORDER BY unit_price_minor DESC, product_id",
+        Sort::Name => " ORDER BY name, product_id",
+    });
+    Ok(sql.into_query().load::<Hit>(conn).await?)
+}
+
+/// # Errors
+/// [`CatalogError::NotFound`] when the catalog has no data for the product.
+#[tracing::instrument(name = "catalog.get", skip(pool))]
+pub async fn get(pool: &Pool, product_id: Uuid) -> Result<Entry, CatalogError> {
+    let mut conn = pool.get().await?;
+    let mut rows: Vec<Entry> = diesel::sql_query(format!(
+        "SELECT {ENTRY_COLUMNS} FROM catalog_products p WHERE {VISIBLE} AND p.product_id = $1"
+    ))
+    .bind::<SqlUuid, _>(product_id)
+    .load(&mut conn)
+    .await?;
+    rows.pop().ok_or(CatalogError::NotFound(product_id))
+}
+
+/// The categories of the products `query` finds (with typo tolerance, as
+/// a search), most products first; at most 100.
+///
+/// # Errors
+/// Database errors.
+#[tracing::instrument(name = "catalog.categories", skip_all)]
+pub async fn categories(
+    pool: &Pool,
+    query: &Query,
+    filters: &Filters,
+) -> Result<Vec<CategoryCount>, CatalogError> {
+    let mut conn = pool.get().await?;
+    let counts = categories_with(&mut conn, &matching(query), filters).await?;
+    if !counts.is_empty() || query.is_empty() {
+        return Ok(counts);
+    }
+    categories_with(&mut conn, &similar(query), filters).await
+}
+
+async fn categories_with(
+    conn: &mut AsyncPgConnection,
+    how: &Matching,
+    filters: &Filters,
+) -> Result<Vec<CategoryCount>, CatalogError> {
+    let mut sql = Sql::default();
+    sql.push(
+        "SELECT coalesce(p.category, '') AS category, count(*) AS product_count \
+         FROM catalog_products p WHERE ",
+    )
+    .push(VISIBLE);
+    how.condition(&mut sql);
+    write_filters(&mut sql, filters);
+    sql.push(" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 100");
+    Ok(sql.into_query().load(conn).await?)
+}
