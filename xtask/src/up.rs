@@ -76,7 +76,17 @@ const COMPONENTS: &[Component] = &[
         extra_env: &[],
     },
     Component {
-        // Publishes the four outboxes to RabbitMQ; started after the services,
+        // The searchable read model, built from inventory's events.
+        name: "catalog",
+        package: "orderflow-catalog",
+        binary: "catalog",
+        database: Some("orderflow_catalog"),
+        grpc_addr: Some("127.0.0.1:50055"),
+        http_addr: Some("127.0.0.1:9105"),
+        extra_env: &[],
+    },
+    Component {
+        // Publishes the services' outboxes to RabbitMQ; started after the services,
         // whose `migrate` created the tables it reads.
         name: "outbox-relay",
         package: "orderflow-outbox-relay",
@@ -90,7 +100,8 @@ const COMPONENTS: &[Component] = &[
                 "order=postgres://postgres@127.0.0.1:5432/orderflow_order,\
                  inventory=postgres://postgres@127.0.0.1:5432/orderflow_inventory,\
                  payment=postgres://postgres@127.0.0.1:5432/orderflow_payment,\
-                 notification=postgres://postgres@127.0.0.1:5432/orderflow_notification",
+                 notification=postgres://postgres@127.0.0.1:5432/orderflow_notification,\
+                 catalog=postgres://postgres@127.0.0.1:5432/orderflow_catalog",
             ),
             ("RELAY_HTTP_ADDR", "127.0.0.1:8080"),
         ],
@@ -496,7 +507,7 @@ fn smoke_saga(grpcurl: &Path) -> Result<Vec<Smoke>> {
         addr("inventory")?,
         "orderflow.inventory.v1.InventoryService/UpsertProduct",
         &format!(
-            r#"{{"product_id":"{DEMO_PRODUCT}","sku":"DEMO-MUG","name":"Demo mug","unit_price":{{"amount_minor":1250,"currency":"EUR"}},"on_hand":100}}"#
+            r#"{{"product_id":"{DEMO_PRODUCT}","sku":"DEMO-MUG","name":"Demo mug","unit_price":{{"amount_minor":1250,"currency":"EUR"}},"on_hand":100,"description":"A stoneware mug for the demo","category":"Kitchen","tags":{{"values":["mug","demo"]}}}}"#
         ),
     )?);
     let create = call(
@@ -553,6 +564,29 @@ fn smoke_saga(grpcurl: &Path) -> Result<Vec<Smoke>> {
         "orderflow.notification.v1.NotificationService/ListNotifications",
         &get_body,
     )?);
+    // The catalog has the product once inventory's events reached it, and
+    // shows the units the order took.
+    let catalog_addr = addr("catalog")?;
+    let mut found = None;
+    poll_until(SAGA_TIMEOUT, Duration::from_millis(200), || {
+        match call(
+            catalog_addr,
+            "orderflow.catalog.v1.CatalogService/SearchProducts",
+            r#"{"query":"demo mug"}"#,
+        ) {
+            Ok(hit) if hit.response.contains(DEMO_PRODUCT) => {
+                found = Some(hit);
+                true
+            }
+            _ => false,
+        }
+    });
+    shown.push(found.with_context(|| {
+        format!(
+            "the catalog does not find the demo product after {}s: see .run/catalog.log",
+            SAGA_TIMEOUT.as_secs()
+        )
+    })?);
     Ok(shown)
 }
 
@@ -611,7 +645,7 @@ fn print_summary(pids: &[u32], grpcurl: &Path, smoke: &[Smoke], took: Duration) 
         venv_bin.display()
     );
     println!(
-        "\nThe saga, run just now (stock a product, order it, the order settles, notifications):"
+        "\nThe saga, run just now (stock a product, order it, the order settles, notifications, the catalog finds it):"
     );
     for step in smoke {
         println!("  {}", step.command);

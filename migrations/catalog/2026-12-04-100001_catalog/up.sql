@@ -10,11 +10,25 @@ CREATE EXTENSION IF NOT EXISTS pg_trgm;
 -- SERVING; a rebuild fills a BUILDING one from inventory's snapshot and
 -- switches over once it has caught up, so searches go on meanwhile. Events
 -- apply to both.
+--
+-- A rebuild's progress is its generation's row: the snapshot's size as
+-- inventory counted it, the pages and products applied, and (once the last
+-- page arrived) how many pages there are; when every page is applied the
+-- generation becomes SERVING and the previous one's partition is dropped.
 CREATE TABLE catalog_generations (
-    generation  integer     PRIMARY KEY,
-    state       text        NOT NULL CHECK (state IN ('SERVING', 'BUILDING', 'RETIRED')),
-    created_at  timestamptz NOT NULL DEFAULT now(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    generation        integer     PRIMARY KEY,
+    state             text        NOT NULL CHECK (state IN ('SERVING', 'BUILDING', 'RETIRED')),
+    -- NULL for the first generation, which no rebuild made.
+    rebuild_id        uuid        UNIQUE,
+    products_total    bigint      NOT NULL DEFAULT 0,
+    products_applied  bigint      NOT NULL DEFAULT 0,
+    pages_applied     bigint      NOT NULL DEFAULT 0,
+    -- Known from the page marked last (pages can be applied out of order
+    -- when one is retried).
+    pages             bigint,
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    finished_at       timestamptz,
+    updated_at        timestamptz NOT NULL DEFAULT now()
 );
 CREATE UNIQUE INDEX catalog_generations_one_serving ON catalog_generations (state)
     WHERE state = 'SERVING';
@@ -26,8 +40,10 @@ CREATE FUNCTION catalog_tags_text(tags text[]) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN array_to_string(tags, ' ');
 
+-- One partition per generation (catalog_products_g<n>): a rebuild's switch
+-- drops the old one at once instead of deleting its rows.
 CREATE TABLE catalog_products (
-    generation        integer     NOT NULL REFERENCES catalog_generations ON DELETE CASCADE,
+    generation        integer     NOT NULL,
     product_id        uuid        NOT NULL,
     -- NULL until an event with the product's data arrived (a stock event
     -- can overtake it); such an entry is not searchable yet.
@@ -60,7 +76,8 @@ CREATE TABLE catalog_products (
         lower(coalesce(name, '') || ' ' || coalesce(category, '') || ' ' || catalog_tags_text(tags))
     ) STORED,
     PRIMARY KEY (generation, product_id)
-);
+) PARTITION BY LIST (generation);
+CREATE TABLE catalog_products_g1 PARTITION OF catalog_products FOR VALUES IN (1);
 
 CREATE INDEX catalog_products_search ON catalog_products USING gin (search);
 CREATE INDEX catalog_products_fuzzy ON catalog_products USING gin (fuzzy gin_trgm_ops);

@@ -8,6 +8,7 @@ use orderflow_proto::catalog::v1::{self as pb, catalog_service_server::CatalogSe
 use tonic::{Request, Response, Status};
 
 use crate::{
+    rebuild::{self, Rebuild},
     request,
     store::{self, CatalogError, Entry},
 };
@@ -60,10 +61,37 @@ impl CatalogService for CatalogApi {
         &self,
         req: Request<pb::GetCatalogProductRequest>,
     ) -> Result<Response<pb::GetCatalogProductResponse>, Status> {
-        let id = request::product_id("product_id", &req.get_ref().product_id)?;
+        let id = request::uuid_field("product_id", &req.get_ref().product_id)?;
         let entry = store::get(&self.pool, id).await?;
         Ok(Response::new(pb::GetCatalogProductResponse {
             product: Some(to_proto(entry)),
+        }))
+    }
+
+    async fn rebuild_catalog(
+        &self,
+        _req: Request<pb::RebuildCatalogRequest>,
+    ) -> Result<Response<pb::RebuildCatalogResponse>, Status> {
+        let (rebuild, started) = rebuild::start(&self.pool).await?;
+        Ok(Response::new(pb::RebuildCatalogResponse {
+            rebuild: Some(rebuild_to_proto(rebuild)),
+            started,
+        }))
+    }
+
+    async fn get_catalog_rebuild(
+        &self,
+        req: Request<pb::GetCatalogRebuildRequest>,
+    ) -> Result<Response<pb::GetCatalogRebuildResponse>, Status> {
+        let id = &req.get_ref().rebuild_id;
+        let id = if id.is_empty() {
+            None
+        } else {
+            Some(request::uuid_field("rebuild_id", id)?)
+        };
+        let rebuild = rebuild::get(&self.pool, id).await?;
+        Ok(Response::new(pb::GetCatalogRebuildResponse {
+            rebuild: Some(rebuild_to_proto(rebuild)),
         }))
     }
 
@@ -91,6 +119,7 @@ impl From<CatalogError> for Status {
             CatalogError::NotFound(id) => Status::not_found(format!(
                 "product {id} is not in the catalog (unknown to inventory, or its event is not applied yet)"
             )),
+            e @ CatalogError::RebuildNotFound(_) => Status::not_found(e.to_string()),
             CatalogError::Unavailable(e) => {
                 tracing::warn!(error.message = %e, "database unavailable");
                 Status::unavailable("the catalog database is unavailable; retry")
@@ -129,9 +158,32 @@ fn to_proto(e: Entry) -> pb::CatalogProduct {
         }),
         available: e.available,
         version: e.version,
-        updated_at: Some(prost_types::Timestamp {
-            seconds: e.updated_at.timestamp(),
-            nanos: i32::try_from(e.updated_at.timestamp_subsec_nanos()).unwrap_or(0),
-        }),
+        updated_at: Some(timestamp(e.updated_at)),
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn rebuild_to_proto(r: Rebuild) -> pb::CatalogRebuild {
+    let state = match r.state.as_str() {
+        "BUILDING" => pb::RebuildState::Running,
+        "SERVING" => pb::RebuildState::Serving,
+        "RETIRED" => pb::RebuildState::Retired,
+        _ => pb::RebuildState::Unspecified,
+    };
+    pb::CatalogRebuild {
+        rebuild_id: r.rebuild_id.to_string(),
+        generation: r.generation,
+        state: state.into(),
+        products_total: r.products_total,
+        products_applied: r.products_applied,
+        pages_applied: r.pages_applied,
+        started_at: Some(timestamp(r.created_at)),
+        finished_at: r.finished_at.map(timestamp),
     }
 }

@@ -25,6 +25,11 @@ impl Service for CatalogApp {
     const NAME: &'static str = CONSUMER_SERVICE;
     const MIGRATIONS: orderflow_db::ServiceMigrations = crate::MIGRATIONS;
     const GRPC_SERVICES: &'static [&'static str] = &[SERVICE_NAME];
+    /// Rebuilding is for operators; searching is for customers.
+    const ADMIN_METHODS: &'static [&'static str] = &[
+        "/orderflow.catalog.v1.CatalogService/RebuildCatalog",
+        "/orderflow.catalog.v1.CatalogService/GetCatalogRebuild",
+    ];
 
     fn add_api(router: Router, pool: Pool) -> Router {
         router.add_service(CatalogServiceServer::new(CatalogApi::new(pool)))

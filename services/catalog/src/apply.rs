@@ -71,7 +71,7 @@ fn newest<T>(items: Vec<T>, key: impl Fn(&T) -> (Uuid, Stamp)) -> Vec<T> {
 /// Inserts products or, per part, updates those whose data or stock is
 /// older than the statement's (ON CONFLICT can name no derived table, so
 /// the comparison is written out per column).
-static UPSERT_PRODUCTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+fn upsert_products(generations: &str) -> String {
     let data = "(c.data_version, c.data_time) <= (excluded.data_version, excluded.data_time)";
     let stock = "(c.stock_version, c.stock_time) <= (excluded.stock_version, excluded.stock_time)";
     let set = |column: &str, newer: &str| {
@@ -108,12 +108,35 @@ static UPSERT_PRODUCTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
                   AS i(id, sku, name, description, category, tags, currency, price, on_hand, \
                        version, time) \
            CROSS JOIN catalog_generations g \
-          WHERE g.state IN ('SERVING', 'BUILDING') \
+          WHERE {generations} \
           ORDER BY i.id, g.generation \
          ON CONFLICT (generation, product_id) DO UPDATE SET {}, updated_at = now() \
          WHERE {data} OR {stock}",
         sets.join(", ")
     )
+}
+
+/// Where an event's states go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// Every generation served or being built: a live event.
+    Live,
+    /// One generation: a page of a rebuild's snapshot.
+    Generation(i32),
+}
+
+impl Target {
+    /// `$12` of [`UPSERT`]: 0 (no generation has it) for live.
+    fn bind(self) -> i32 {
+        match self {
+            Self::Live => 0,
+            Self::Generation(g) => g,
+        }
+    }
+}
+
+static UPSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    upsert_products("(($12 = 0 AND g.state IN ('SERVING', 'BUILDING')) OR g.generation = $12)")
 });
 
 /// Applies each product's data and stock where they are newer than what
@@ -121,7 +144,11 @@ static UPSERT_PRODUCTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|
 ///
 /// # Errors
 /// Database errors.
-pub async fn products(conn: &mut AsyncPgConnection, products: Vec<Product>) -> QueryResult<()> {
+pub async fn products(
+    conn: &mut AsyncPgConnection,
+    target: Target,
+    products: Vec<Product>,
+) -> QueryResult<()> {
     let products = newest(products, |p| (p.product_id, p.stamp));
     if products.is_empty() {
         return Ok(());
@@ -141,7 +168,7 @@ pub async fn products(conn: &mut AsyncPgConnection, products: Vec<Product>) -> Q
     let on_hand: Vec<i64> = products.iter().map(|p| p.on_hand).collect();
     let versions: Vec<i64> = products.iter().map(|p| p.stamp.version).collect();
     let times: Vec<DateTime<Utc>> = products.iter().map(|p| p.stamp.time).collect();
-    diesel::sql_query(UPSERT_PRODUCTS.as_str())
+    diesel::sql_query(UPSERT.as_str())
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<Text>, _>(&skus)
         .bind::<Array<Text>, _>(&names)
@@ -153,6 +180,7 @@ pub async fn products(conn: &mut AsyncPgConnection, products: Vec<Product>) -> Q
         .bind::<Array<BigInt>, _>(&on_hand)
         .bind::<Array<BigInt>, _>(&versions)
         .bind::<Array<Timestamptz>, _>(&times)
+        .bind::<diesel::sql_types::Integer, _>(target.bind())
         .cached()
         .execute(conn)
         .await?;

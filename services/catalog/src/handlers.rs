@@ -30,6 +30,7 @@ pub fn register(consumer: Consumer) -> Consumer {
         .with(Apply::<StockImported>::new())
         .with(Apply::<InventoryReserved>::new())
         .with(Apply::<InventoryReleased>::new())
+        .with(crate::rebuild::ApplySnapshot)
 }
 
 /// What one event changes in the catalog.
@@ -72,7 +73,7 @@ impl<E: CatalogEvent> Apply<E> {
             E::changes(event, &mut changes);
             times.push(event.time);
         }
-        apply::products(conn, changes.products).await?;
+        apply::products(conn, apply::Target::Live, changes.products).await?;
         apply::stock(conn, changes.stock).await?;
         orderflow_db::after_commit(move || metrics::applied(E::TYPE, &times));
         Ok(())

@@ -12,6 +12,8 @@
 //!   word being typed as a prefix), parsed into a PostgreSQL `tsquery`.
 //! * `api` / `request` / `store`: SearchProducts, GetCatalogProduct and
 //!   ListCategories: validation, then one read.
+//! * `rebuild`: RebuildCatalog: a new generation filled from inventory's
+//!   snapshot while the current one serves, then switched to.
 //! * `metrics`: freshness (event time to applied).
 //! * `app`: its name, API, handlers and metrics for the wiring every
 //!   service shares (`orderflow_service`). `main.rs` is the CLI.
@@ -22,12 +24,17 @@ use orderflow_db::ServiceMigrations;
 pub mod api;
 pub mod app;
 pub mod apply;
+pub mod cli;
 pub mod config;
 pub mod handlers;
 pub mod metrics;
 pub mod query;
+pub mod rebuild;
 pub mod request;
 pub mod store;
+
+/// CloudEvents `source` of every event this service writes.
+pub const EVENT_SOURCE: &str = "orderflow/catalog";
 
 static CATALOG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/catalog");
 

@@ -21,6 +21,20 @@ enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Rebuild the catalog from inventory's snapshot while it serves (or
+    /// backfill an empty one), showing the progress until searches read the
+    /// new entries.
+    Rebuild {
+        /// The catalog's gRPC address.
+        #[arg(long, default_value = "http://127.0.0.1:50055")]
+        addr: String,
+        /// The catalog's GRPC_ADMIN_TOKEN (RebuildCatalog is an admin RPC).
+        #[arg(long, env = "GRPC_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -37,6 +51,9 @@ fn main() -> ExitCode {
                     "catalog service listening"
                 );
                 app.run_until(orderflow_grpc::shutdown_signal()).await
+            }
+            Command::Rebuild { addr, token, quiet } => {
+                orderflow_catalog::cli::rebuild(&addr, token.as_deref(), quiet).await
             }
             Command::Migrate => {
                 let applied =

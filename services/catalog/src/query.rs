@@ -266,7 +266,10 @@ mod tests {
         for hostile in [
             "a'b", "a & b", "a|b", "!x", "x:*", "(x", "<->", "a\\b", "'); DROP", "\u{0}x",
         ] {
-            let q = ts(hostile);
+            let Ok(parsed) = Query::parse(hostile) else {
+                continue;
+            };
+            let q = parsed.to_tsquery();
             let inner: String = q
                 .split('\'')
                 .skip(1)

@@ -137,9 +137,11 @@ pub fn categories(req: &pb::ListCategoriesRequest) -> Result<(Query, Filters), S
     ))
 }
 
+/// A UUID field (a product's or a rebuild's id).
+///
 /// # Errors
 /// INVALID_ARGUMENT when `value` is not a UUID.
-pub fn product_id(field: &str, value: &str) -> Result<Uuid, Status> {
+pub fn uuid_field(field: &str, value: &str) -> Result<Uuid, Status> {
     let mut v = Violations::new();
     let id = v.uuid(field, value);
     v.into_result()?;

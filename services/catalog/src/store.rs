@@ -76,6 +76,8 @@ pub struct CategoryCount {
 pub enum CatalogError {
     #[error("product {0} is not in the catalog")]
     NotFound(Uuid),
+    #[error("no rebuild {}", .0.map_or_else(|| "yet".to_owned(), |id| id.to_string()))]
+    RebuildNotFound(Option<Uuid>),
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// Every pooled connection stayed busy for the pool's wait timeout.
@@ -106,7 +108,7 @@ impl From<PoolError> for CatalogError {
 }
 
 const ENTRY_COLUMNS: &str = "p.product_id, p.sku, p.name, p.description, p.category, p.tags, \
-     p.currency, p.unit_price_minor, p.available, p.data_version AS version, p.updated_at";
+     p.currency, p.unit_price_minor, p.available, greatest(p.data_version, p.stock_version) AS version, p.updated_at";
 
 /// The entries of the generation being served whose data has arrived.
 const VISIBLE: &str = "p.generation = (SELECT generation FROM catalog_generations \

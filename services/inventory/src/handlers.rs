@@ -53,6 +53,8 @@ pub fn register(consumer: Consumer) -> Consumer {
         .with(ReleaseOnPaymentFailed)
         .with(ReleaseOnOrderCancelled)
         .with(CommitReservation)
+        .with(crate::snapshot::SnapshotForCatalog)
+        .with(crate::snapshot::NextSnapshotPage)
 }
 
 /// order.placed: reserve every line or none.

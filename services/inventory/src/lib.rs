@@ -13,6 +13,8 @@
 //!   the client: rows validated one by one, upserted by SKU in chunks.
 //! * `handlers`: the saga's consumers (reserve, release, commit). Each runs
 //!   inside the consumer runtime's transaction, next to its inbox row.
+//! * `snapshot`: a catalog rebuild's snapshot of every product, one page
+//!   per consumer transaction.
 //! * `app`: its name, API and handlers for the wiring every service shares
 //!   (`orderflow_service`: pool, schema check, server, consumer). `main.rs`
 //!   is the CLI.
@@ -30,6 +32,7 @@ pub mod handlers;
 pub mod import;
 pub mod request;
 pub mod schema;
+pub mod snapshot;
 pub mod store;
 
 /// CloudEvents `source` of every event this service writes.

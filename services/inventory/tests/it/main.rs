@@ -16,4 +16,5 @@ mod import;
 mod list;
 mod release;
 mod reserve;
+mod snapshot;
 mod upsert;

@@ -301,6 +301,32 @@ impl Event for StockImported {
     }
 }
 
+/// One page of inventory's snapshot for a catalog rebuild: products in
+/// `product_id` order, each an array in [`IMPORTED_COLUMNS`] order
+/// (`created` is false). Pages are numbered from 0 and keyed by the
+/// rebuild, so they are published in order; inventory writes the next page
+/// when it consumes this one, until `last`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogSnapshot {
+    pub rebuild_id: Uuid,
+    pub generation: i32,
+    pub page: i64,
+    pub last: bool,
+    /// Products when the snapshot began (for progress).
+    pub total: i64,
+    pub columns: Vec<String>,
+    pub products: Vec<ImportedProduct>,
+}
+
+impl Event for CatalogSnapshot {
+    const TYPE: &'static str = "inventory.catalog_snapshot";
+    const VERSION: u32 = 1;
+    const AGGREGATE_TYPE: &'static str = "catalog_rebuild";
+    fn aggregate_id(&self) -> Uuid {
+        self.rebuild_id
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

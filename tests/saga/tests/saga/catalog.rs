@@ -137,3 +137,109 @@ async fn a_product_upserted_in_inventory_is_searchable_and_its_stock_follows_the
         json!([{"category": "Audio", "productCount": "1"}])
     );
 }
+
+/// What searches answer, without the time each entry was last applied.
+async fn answers(sys: &System, queries: &[&str]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for q in queries {
+        let mut found = sys
+            .call(
+                "catalog",
+                "SearchProducts",
+                json!({"query": q, "page_size": 100}),
+            )
+            .await;
+        if let Some(hits) = found["hits"].as_array_mut() {
+            for h in hits {
+                h["product"].as_object_mut().map(|p| p.remove("updatedAt"));
+            }
+        }
+        out.push(found);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_after_the_catalog_was_emptied_gives_the_same_results() {
+    let sys = System::start_with_catalog().await;
+    let names = [
+        "Oak desk lamp",
+        "Brass floor lamp",
+        "Linen lamp shade",
+        "Oak bookshelf",
+    ];
+    let mut ids = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let id = Uuid::new_v4();
+        sys.call(
+            "inventory",
+            "UpsertProduct",
+            json!({"product_id": id.to_string(), "sku": format!("RB-{i}"), "name": name,
+                   "unit_price": {"amount_minor": 1000 + i, "currency": "EUR"}, "on_hand": 10,
+                   "category": if i == 3 { "Furniture" } else { "Lighting" }}),
+        )
+        .await;
+        ids.push(id);
+    }
+    let order = sys.create_order(&[(ids[0], 3)], "tok_visa").await;
+    sys.wait_until_settled(order).await;
+    wait_for(
+        "the catalog has every product and the order",
+        SETTLE,
+        || async {
+            match available(&sys, ids[0]).await {
+                7 if sys
+                    .call(
+                        "catalog",
+                        "SearchProducts",
+                        json!({"query": "oak OR lamp "}),
+                    )
+                    .await["hits"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+                    == 4 =>
+                {
+                    Ok(())
+                }
+                n => Err(format!("available {n}")),
+            }
+        },
+    )
+    .await;
+    let queries = [
+        "lamp ",
+        "oak",
+        "\"floor lamp\"",
+        "lamp -brass ",
+        "lmap ",
+        "",
+    ];
+    let before = answers(&sys, &queries).await;
+
+    sys.sql("catalog")
+        .batch_execute("TRUNCATE catalog_products")
+        .await
+        .unwrap();
+    assert!(
+        hit_ids(
+            &sys.call("catalog", "SearchProducts", json!({"query": "lamp "}))
+                .await
+        )
+        .is_empty()
+    );
+
+    let started = sys.call("catalog", "RebuildCatalog", json!({})).await;
+    let id = started["rebuild"]["rebuildId"].as_str().unwrap().to_owned();
+    wait_for("the rebuild serves", SETTLE, || async {
+        let now = sys
+            .call("catalog", "GetCatalogRebuild", json!({"rebuild_id": id}))
+            .await;
+        if now["rebuild"]["state"] == "REBUILD_STATE_SERVING" {
+            Ok(now)
+        } else {
+            Err(now.to_string())
+        }
+    })
+    .await;
+    assert_eq!(answers(&sys, &queries).await, before);
+}
