@@ -1,11 +1,12 @@
 # syntax=docker/dockerfile:1.7
 #
-# Images for the five orderflow binaries, one build target per binary:
+# Images for the six orderflow binaries, one build target per binary:
 #
 #   docker build --target order        -t orderflow/order:0.1.0 .
 #   docker build --target inventory    -t orderflow/inventory:0.1.0 .
 #   docker build --target payment      -t orderflow/payment:0.1.0 .
 #   docker build --target notification -t orderflow/notification:0.1.0 .
+#   docker build --target catalog      -t orderflow/catalog:0.1.0 .
 #   docker build --target outbox-relay -t orderflow/outbox-relay:0.1.0 .
 #
 # (`docker build .` with no target gives `all`: every binary in one image.)
@@ -13,8 +14,8 @@
 # Stages: chef (toolchain + cargo-chef) -> planner (the dependency recipe)
 # -> builder (dependencies cooked in their own layer, which stays cached
 # until Cargo.toml/Cargo.lock change; then the workspace) -> runtime
-# (Debian slim, non-root) -> one small stage per binary. The five targets
-# share the builder stage, so building all five compiles the workspace once.
+# (Debian slim, non-root) -> one small stage per binary. The six targets
+# share the builder stage, so building all six compiles the workspace once.
 #
 # No protoc is needed: proto/build.rs compiles the .proto files with protox
 # (pure Rust). No libpq or OpenSSL either: diesel-async runs on
@@ -44,15 +45,15 @@ ENV CARGO_TERM_COLOR=never
 COPY --from=planner /src/recipe.json recipe.json
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
     -p orderflow-order -p orderflow-inventory -p orderflow-payment \
-    -p orderflow-notification -p orderflow-outbox-relay
+    -p orderflow-notification -p orderflow-catalog -p orderflow-outbox-relay
 COPY . .
 # The migrations are embedded at compile time (diesel embed_migrations!),
 # so migrations/ must be in the build context (.dockerignore keeps it).
 RUN cargo build --release --locked \
     -p orderflow-order -p orderflow-inventory -p orderflow-payment \
-    -p orderflow-notification -p orderflow-outbox-relay \
+    -p orderflow-notification -p orderflow-catalog -p orderflow-outbox-relay \
     && mkdir -p /out \
-    && for bin in order inventory payment notification outbox-relay; do \
+    && for bin in order inventory payment notification catalog outbox-relay; do \
          cp "target/release/${bin}" /out/; \
        done
 
@@ -96,6 +97,15 @@ COPY --from=builder /out/notification /usr/local/bin/notification
 ENV GRPC_LISTEN_ADDR=0.0.0.0:50051
 EXPOSE 50051 9090
 ENTRYPOINT ["/usr/local/bin/notification"]
+CMD ["serve"]
+
+# Its local default is 127.0.0.1:50055; in a container it listens on 50051
+# like the other services (metrics: METRICS_LISTEN_ADDR, 9090 in k8s).
+FROM runtime AS catalog
+COPY --from=builder /out/catalog /usr/local/bin/catalog
+ENV GRPC_LISTEN_ADDR=0.0.0.0:50051
+EXPOSE 50051 9090
+ENTRYPOINT ["/usr/local/bin/catalog"]
 CMD ["serve"]
 
 # The relay keeps its loopback default here: it will refuse a non-loopback

@@ -51,7 +51,7 @@ import stub_apiserver  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 KUBERNETES_VERSION = "1.32.0"
-SERVICES = ("order", "inventory", "payment", "notification")
+SERVICES = ("order", "inventory", "payment", "notification", "catalog")
 
 # What each overlay promises beyond the common rules (policy.Expect).
 EXPECT = {

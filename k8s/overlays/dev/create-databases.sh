@@ -7,7 +7,7 @@
 # entrypoint that sources it; a failure still stops the entrypoint.
 (
     set -eu
-    for svc in order inventory payment notification; do
+    for svc in order inventory payment notification catalog; do
         var="$(echo "$svc" | tr '[:lower:]' '[:upper:]')_DB_PASSWORD"
         eval "password=\${$var}"
         psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
