@@ -24,6 +24,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, infra};
 
+mod catalog;
 mod saga;
 mod stock_import;
 pub(crate) mod system;
@@ -65,8 +66,9 @@ pub fn run(args: &[String]) -> Result<()> {
         Some("import") => return stock_import::run(args),
         Some("tracing") => return crate::bench_tracing::run(args),
         Some("saga") => return saga::run(args),
+        Some("catalog") => return catalog::run(args),
         other => bail!(
-            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | saga [--rates 50,100,..] [--hot-rates ..] [--step SECS] [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS] [--section NAME] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
+            "usage: cargo xtask bench create-order [--duration SECS] [--clients 1,8,32] | relay [--events N] | import [--rows N] | saga [--rates 50,100,..] [--hot-rates ..] [--step SECS] [--baseline REV|DIR|none] [--overload RATE] [--overload-secs SECS] [--section NAME] | catalog [--products N] [--search-secs S] [--clients 1,8,32] [--saga-rate R] [--saga-secs S] | tracing [--rounds N] [--duration SECS] [--clients N] [--saga-orders N] (got {other:?})"
         ),
     }
     let mut duration = 8u32;

@@ -35,7 +35,9 @@ use anyhow::{Context as _, Result, bail};
 use crate::{
     bench::{
         git_commit, loadgen_at, median, prepare,
-        system::{BENCH_TOKEN, Layout, PACKAGES, Proc, System, new_uuid, percentile, query},
+        system::{
+            BENCH_TOKEN, Layout, PACKAGES, Proc, SERVICES, System, new_uuid, percentile, query,
+        },
         write_section,
     },
     cmd::{self, poll_until, port_open},
@@ -50,6 +52,7 @@ fn layout() -> Layout {
         db_prefix: "of_bench_trace".to_owned(),
         vhost: "orderflow-bench-tracing".to_owned(),
         port_base: 91,
+        services: &SERVICES,
     }
 }
 const PRODUCT: &str = "5b1f0c9e-2a7d-4c3b-9e8f-1a2b3c4d5e6f";

@@ -48,6 +48,9 @@ pub struct Spec {
     /// Bad rows per 10,000 (300 = 3 %).
     pub bad_per_10k: u64,
     pub seed: u64,
+    /// With the description, category and tags columns, and names drawn
+    /// from a product vocabulary (for search benchmarks).
+    pub details: bool,
 }
 
 impl Spec {
@@ -88,6 +91,166 @@ fn splitmix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+const ADJECTIVES: [&str; 24] = [
+    "vintage",
+    "modern",
+    "compact",
+    "wireless",
+    "classic",
+    "rustic",
+    "premium",
+    "portable",
+    "foldable",
+    "handmade",
+    "ergonomic",
+    "minimalist",
+    "heavy",
+    "slim",
+    "waterproof",
+    "smart",
+    "organic",
+    "industrial",
+    "nordic",
+    "retro",
+    "deluxe",
+    "studio",
+    "travel",
+    "outdoor",
+];
+const MATERIALS: [&str; 16] = [
+    "oak",
+    "walnut",
+    "brass",
+    "steel",
+    "ceramic",
+    "glass",
+    "linen",
+    "wool",
+    "cotton",
+    "leather",
+    "bamboo",
+    "marble",
+    "copper",
+    "concrete",
+    "velvet",
+    "aluminium",
+];
+/// (noun, its category)
+const NOUNS: [(&str, &str); 40] = [
+    ("lamp", "Lighting"),
+    ("pendant", "Lighting"),
+    ("lantern", "Lighting"),
+    ("sconce", "Lighting"),
+    ("desk", "Furniture"),
+    ("chair", "Furniture"),
+    ("bookshelf", "Furniture"),
+    ("stool", "Furniture"),
+    ("sofa", "Furniture"),
+    ("table", "Furniture"),
+    ("mug", "Kitchen"),
+    ("teapot", "Kitchen"),
+    ("kettle", "Kitchen"),
+    ("bowl", "Kitchen"),
+    ("skillet", "Kitchen"),
+    ("vase", "Decor"),
+    ("mirror", "Decor"),
+    ("clock", "Decor"),
+    ("rug", "Decor"),
+    ("cushion", "Decor"),
+    ("headphones", "Audio"),
+    ("speaker", "Audio"),
+    ("turntable", "Audio"),
+    ("earbuds", "Audio"),
+    ("backpack", "Bags"),
+    ("wallet", "Bags"),
+    ("tote", "Bags"),
+    ("duffel", "Bags"),
+    ("jacket", "Clothing"),
+    ("scarf", "Clothing"),
+    ("socks", "Clothing"),
+    ("sweater", "Clothing"),
+    ("tent", "Outdoor"),
+    ("hammock", "Outdoor"),
+    ("thermos", "Outdoor"),
+    ("lantern", "Outdoor"),
+    ("notebook", "Stationery"),
+    ("pen", "Stationery"),
+    ("planner", "Stationery"),
+    ("easel", "Stationery"),
+];
+const PHRASES: [&str; 12] = [
+    "built to last",
+    "easy to clean",
+    "a gift they will keep",
+    "made in small batches",
+    "for everyday use",
+    "with a lifetime warranty",
+    "designed in Copenhagen",
+    "ships flat",
+    "fits any room",
+    "quiet and efficient",
+    "light enough to carry",
+    "finished by hand",
+];
+const TAGS: [&str; 20] = [
+    "bestseller",
+    "new",
+    "sale",
+    "eco",
+    "gift",
+    "limited",
+    "handmade",
+    "vegan",
+    "recycled",
+    "premium",
+    "compact",
+    "family",
+    "office",
+    "kids",
+    "pet-friendly",
+    "travel",
+    "outdoor",
+    "classic",
+    "trending",
+    "clearance",
+];
+
+fn pick<T: Copy>(list: &[T], h: u64) -> T {
+    list[(h % list.len() as u64) as usize]
+}
+
+/// "Vintage oak lamp": adjective, material, noun.
+fn catalog_name(spec: &Spec, i: u64) -> String {
+    let h = spec.hash(i, 5);
+    let adjective = pick(&ADJECTIVES, h);
+    let mut name = String::with_capacity(32);
+    name.push_str(&adjective[..1].to_uppercase());
+    name.push_str(&adjective[1..]);
+    name.push(' ');
+    name.push_str(pick(&MATERIALS, h >> 8));
+    name.push(' ');
+    name.push_str(pick(&NOUNS, h >> 16).0);
+    name
+}
+
+/// Description, category and tags (`|`-separated) of row `i`.
+fn details(spec: &Spec, i: u64) -> (String, &'static str, String) {
+    let h = spec.hash(i, 5);
+    let (noun, category) = pick(&NOUNS, h >> 16);
+    let g = spec.hash(i, 6);
+    let description = format!(
+        "\"A {} {noun} in {}, {}; {}.\"",
+        pick(&ADJECTIVES, g),
+        pick(&MATERIALS, g >> 8),
+        pick(&PHRASES, g >> 16),
+        pick(&PHRASES, g >> 24),
+    );
+    let tags: Vec<&str> = (0..1 + g % 3)
+        .map(|k| pick(&TAGS, g >> (32 + 8 * k)))
+        .collect();
+    (description, category, tags.join("|"))
+}
+
 /// The line a row index is written on (the header is line 1).
 pub fn line_of(index: u64) -> u64 {
     index + 2
@@ -103,7 +266,11 @@ pub fn generate<W: Write>(
     mut on_bad: impl FnMut(u64, BadKind),
 ) -> io::Result<Summary> {
     let mut out = io::BufWriter::with_capacity(1 << 20, out);
-    writeln!(out, "{}", HEADER.join(","))?;
+    if spec.details {
+        writeln!(out, "{},description,category,tags", HEADER.join(","))?;
+    } else {
+        writeln!(out, "{}", HEADER.join(","))?;
+    }
     let mut summary = Summary::default();
     for i in 0..spec.rows {
         let h = spec.hash(i, 3);
@@ -117,30 +284,37 @@ pub fn generate<W: Write>(
             _ => format!("SKU-{i:08}"),
         };
         // Some names need quoting, as real catalogues do.
-        let name = match (h >> 50) % 4 {
-            0 => format!("\"Mug {i}, large\""),
-            1 => format!("\"Poster \"\"Wave\"\" {i}\""),
-            _ => format!("Product {i}"),
+        let name = if spec.details {
+            catalog_name(&spec, i)
+        } else {
+            match (h >> 50) % 4 {
+                0 => format!("\"Mug {i}, large\""),
+                1 => format!("\"Poster \"\"Wave\"\" {i}\""),
+                _ => format!("Product {i}"),
+            }
         };
         match kind {
-            None => writeln!(out, "{sku},{name},{price},{currency},{quantity}")?,
+            None => write!(out, "{sku},{name},{price},{currency},{quantity}")?,
             Some(BadKind::NegativePrice) => {
-                writeln!(out, "{sku},{name},-{price},{currency},{quantity}")?
+                write!(out, "{sku},{name},-{price},{currency},{quantity}")?
             }
             Some(BadKind::PriceNotANumber) => {
-                writeln!(out, "{sku},{name},{price}.5x,{currency},{quantity}")?
+                write!(out, "{sku},{name},{price}.5x,{currency},{quantity}")?
             }
             Some(BadKind::NegativeQuantity) => {
-                writeln!(out, "{sku},{name},{price},{currency},-{}", quantity + 1)?
+                write!(out, "{sku},{name},{price},{currency},-{}", quantity + 1)?
             }
             Some(BadKind::EmptySku) | Some(BadKind::DuplicateSku) => {
-                writeln!(out, "{sku},{name},{price},{currency},{quantity}")?;
+                write!(out, "{sku},{name},{price},{currency},{quantity}")?;
             }
-            Some(BadKind::Malformed) => writeln!(out, "{sku},{name},{price}")?,
-            Some(BadKind::UnknownCurrency) => {
-                writeln!(out, "{sku},{name},{price},EURO,{quantity}")?
-            }
+            Some(BadKind::Malformed) => write!(out, "{sku},{name},{price}")?,
+            Some(BadKind::UnknownCurrency) => write!(out, "{sku},{name},{price},EURO,{quantity}")?,
         }
+        if spec.details && kind != Some(BadKind::Malformed) {
+            let (description, category, tags) = details(&spec, i);
+            write!(out, ",{description},{category},{tags}")?;
+        }
+        writeln!(out)?;
         summary.rows += 1;
         match kind {
             None => summary.good += 1,
@@ -164,11 +338,36 @@ mod tests {
     use crate::file::RowReader;
 
     #[test]
+    fn files_with_details_read_back_with_every_column() {
+        let spec = Spec {
+            rows: 200,
+            bad_per_10k: 0,
+            seed: 3,
+            details: true,
+        };
+        let mut a = Vec::new();
+        generate(&mut a, spec, |_, _| {}).unwrap();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &a).unwrap();
+        let mut reader = RowReader::open(f.path()).unwrap();
+        let mut categories = HashSet::new();
+        while let Some(row) = reader.next_row().unwrap() {
+            assert!(row.client_error.is_empty(), "{row:?}");
+            assert_eq!(row.name.split(' ').count(), 3, "{}", row.name);
+            assert!(row.description.unwrap().starts_with("A "));
+            assert!(!row.tags.unwrap().values.is_empty());
+            categories.insert(row.category.unwrap());
+        }
+        assert!(categories.len() > 5, "{categories:?}");
+    }
+
+    #[test]
     fn files_are_deterministic_with_every_kind_of_bad_row() {
         let spec = Spec {
             rows: 30_000,
             bad_per_10k: 300,
             seed: 7,
+            details: false,
         };
         let mut a = Vec::new();
         let mut bad = BTreeMap::new();

@@ -78,6 +78,10 @@ struct GenerateArgs {
     bad_percent: f64,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Add description, category and tags columns and draw names from a
+    /// product vocabulary ("Vintage oak lamp"), for search benchmarks.
+    #[arg(long)]
+    details: bool,
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ fn generate_file(args: &GenerateArgs) -> anyhow::Result<()> {
             rows: args.rows,
             bad_per_10k: (args.bad_percent * 100.0).round() as u64,
             seed: args.seed,
+            details: args.details,
         },
         |_, _| {},
     )?;

@@ -10,6 +10,7 @@ mod duration;
 mod open_loop;
 mod request;
 mod run;
+mod search;
 mod settle;
 mod sink;
 
@@ -52,6 +53,31 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:4317")]
         listen: std::net::SocketAddr,
     },
+    /// Closed loop: each worker sends SearchProducts to the catalog (or, with
+    /// --ilike-database, the plain ILIKE baseline over SQL), cycling through
+    /// the queries; prints the latency as JSON.
+    Search(SearchArgs),
+}
+
+#[derive(Args)]
+struct SearchArgs {
+    /// gRPC endpoint of the catalog service.
+    #[arg(long, default_value = "http://127.0.0.1:50055")]
+    target: String,
+    /// Instead: the catalog's database, searched with `name ILIKE ALL(...)`.
+    #[arg(long)]
+    ilike_database: Option<String>,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    concurrency: u32,
+    #[arg(long, default_value = "10s", value_parser = duration::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "2s", value_parser = duration::parse_duration)]
+    warmup: Duration,
+    /// A query; give it several times. Workers cycle through them.
+    #[arg(long = "query", required = true)]
+    queries: Vec<String>,
+    #[arg(long, default_value_t = 20)]
+    page_size: i32,
 }
 
 /// Where to connect and how; shared by both subcommands.
@@ -160,6 +186,7 @@ async fn main() -> ExitCode {
         Command::Settle(args) => settle(args).await,
         Command::Idempotency(args) => idempotency(args).await,
         Command::OtlpSink { listen } => sink::run(listen).await.map(|()| ExitCode::SUCCESS),
+        Command::Search(args) => search(args).await,
     };
     match result {
         Ok(code) => code,
@@ -319,6 +346,45 @@ async fn idempotency(args: IdempotencyArgs) -> anyhow::Result<ExitCode> {
 /// Opens `--connections` channels (default min(workers, 8), never more than
 /// there are workers to use them). Each `connect()` is its own TCP/HTTP2
 /// connection; connecting eagerly makes a wrong target fail before the run.
+async fn search(args: SearchArgs) -> anyhow::Result<ExitCode> {
+    let concurrency = args.concurrency as usize;
+    let target = match args.ilike_database {
+        Some(url) => search::Target::Ilike(url),
+        None => {
+            let endpoint = Endpoint::from_shared(args.target.clone())
+                .with_context(|| format!("invalid --target {:?}", args.target))?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5));
+            let mut clients = Vec::new();
+            for _ in 0..concurrency.min(8) {
+                let channel = endpoint
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting to {}", args.target))?;
+                clients.push(
+                    orderflow_proto::catalog::v1::catalog_service_client::CatalogServiceClient::new(
+                        channel,
+                    ),
+                );
+            }
+            search::Target::Grpc(clients)
+        }
+    };
+    let summary = search::run(
+        target,
+        &search::Plan {
+            concurrency,
+            duration: args.duration,
+            warmup: args.warmup,
+            queries: args.queries,
+            page_size: args.page_size,
+        },
+    )
+    .await?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn connect(
     conn: &ConnArgs,
     workers: usize,

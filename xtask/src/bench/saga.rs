@@ -213,6 +213,7 @@ pub fn run<'a>(args: impl Iterator<Item = &'a str>) -> Result<()> {
         db_prefix: "of_bench_saga".to_owned(),
         vhost: "orderflow-bench-saga".to_owned(),
         port_base: 81,
+        services: &SERVICES,
     };
     let measured = steps(&builds, &layout, &work, &grpcurl, &options, &release);
     layout.remove();

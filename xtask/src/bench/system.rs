@@ -28,8 +28,13 @@ pub(crate) const PACKAGES: [&str; 6] = [
     "orderflow-loadgen",
 ];
 
-/// The services, in start order.
+/// The saga's services, in start order.
 pub(crate) const SERVICES: [&str; 4] = ["order", "inventory", "payment", "notification"];
+
+/// The saga's services and the catalog (its database and ports come after
+/// theirs).
+pub(crate) const WITH_CATALOG: [&str; 5] =
+    ["order", "inventory", "payment", "notification", "catalog"];
 
 /// The benchmark's own services' admin token.
 pub(crate) const BENCH_TOKEN: &str = "orderflow-bench-admin-token";
@@ -42,6 +47,8 @@ pub(crate) struct Layout {
     pub db_prefix: String,
     pub vhost: String,
     pub port_base: u16,
+    /// The services it runs: [`SERVICES`] or [`WITH_CATALOG`].
+    pub services: &'static [&'static str],
 }
 
 impl Layout {
@@ -61,7 +68,7 @@ impl Layout {
     }
 
     fn index(service: &str) -> u16 {
-        SERVICES.iter().position(|s| *s == service).unwrap_or(0) as u16
+        WITH_CATALOG.iter().position(|s| *s == service).unwrap_or(0) as u16
     }
 
     pub fn grpc_addr(&self, service: &str) -> String {
@@ -84,7 +91,7 @@ impl Layout {
 
     /// Fresh databases migrated by `bin`'s services, and a fresh vhost.
     pub fn create(&self, bin: &Path) -> Result<()> {
-        for service in SERVICES {
+        for &service in self.services {
             let db = self.database(service);
             psql(
                 &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
@@ -106,7 +113,7 @@ impl Layout {
     /// Drops the databases and the vhost (its quorum queues hold broker
     /// file handles, shared with every test vhost on the machine).
     pub fn remove(&self) {
-        for service in SERVICES {
+        for &service in self.services {
             let _ = psql(
                 &format!(
                     "DROP DATABASE IF EXISTS {} WITH (FORCE)",
@@ -153,7 +160,7 @@ impl System {
             work: work.to_owned(),
             env,
         };
-        for service in SERVICES {
+        for &service in layout.services {
             let mut cmd = Command::new(bin.join(service));
             cmd.arg("serve")
                 .env("DATABASE_URL", layout.database_url(service))
@@ -164,7 +171,7 @@ impl System {
             system.common_env(&mut cmd, service);
             system.procs.push(Proc::start(service, &mut cmd, work)?);
         }
-        for (i, service) in SERVICES.iter().enumerate() {
+        for (i, service) in layout.services.iter().enumerate() {
             let proc = &system.procs[i];
             let grpc = layout.grpc_addr(service);
             let ready = poll_until(Duration::from_secs(60), Duration::from_millis(50), || {
@@ -196,7 +203,9 @@ impl System {
     }
 
     pub fn start_relay(&mut self) -> Result<()> {
-        let sources = SERVICES
+        let sources = self
+            .layout
+            .services
             .iter()
             .map(|s| format!("{s}={}", self.layout.database_url(s)))
             .collect::<Vec<_>>()

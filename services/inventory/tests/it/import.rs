@@ -47,6 +47,7 @@ fn stock_file(rows: u64, seed: u64) -> StockFile {
         rows,
         bad_per_10k: 300,
         seed,
+        details: false,
     };
     generate::generate(std::fs::File::create(&path).unwrap(), spec, |line, kind| {
         bad.insert(line, kind);
