@@ -6,8 +6,8 @@
 //! search (the `search` tsvector, GIN-indexed; ranked by `ts_rank`, a name
 //! match above a category or tag match above a description match). When
 //! that finds nothing and the query has words a product must hold, it
-//! looks for products whose name, category or tags hold similar words
-//! (pg_trgm's word similarity over `fuzzy`, GIN-indexed): typo tolerance.
+//! looks for products whose name holds similar words (pg_trgm's word
+//! similarity, GIN-indexed): typo tolerance.
 
 use chrono::{DateTime, Utc};
 use diesel::{
@@ -192,7 +192,7 @@ impl Matching {
                     for w in words {
                         sql.push(" + word_similarity(")
                             .bind(Bind::Text(w.clone()))
-                            .push(", p.fuzzy)");
+                            .push(", p.name)");
                     }
                     sql.push(")::float8 AS relevance, ");
                 }
@@ -217,7 +217,7 @@ impl Matching {
                 for w in words {
                     sql.push(" AND ")
                         .bind(Bind::Text(w.clone()))
-                        .push(" <% p.fuzzy");
+                        .push(" <% p.name");
                 }
                 if let Some(excluded) = excluded {
                     sql.push(" AND NOT p.search @@ to_tsquery('english', ")

@@ -182,15 +182,26 @@ fn measure(
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0)
     };
+    // Caught up: the catalog applied as many import events as inventory
+    // wrote, read from its /metrics (a count(*) of the growing table every
+    // poll would cost the database a scan each time).
+    let metrics = layout.metrics_addr("catalog");
     let mut import_s = None;
+    let mut expected = None;
     let caught_up = poll_until(
         Duration::from_secs(3600),
-        Duration::from_millis(250),
+        Duration::from_millis(100),
         || {
             if import_s.is_none() && matches!(importer.try_wait(), Ok(Some(_))) {
                 import_s = Some(started.elapsed().as_secs_f64());
+                expected = query(
+                    "SELECT count(*) FROM outbox WHERE event_type = 'inventory.stock_imported'",
+                    &layout.database("inventory"),
+                )
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
             }
-            import_s.is_some() && count() >= o.products
+            expected.is_some_and(|e| applied_events(&metrics, "inventory.stock_imported") >= e)
         },
     );
     let catch_up_s = started.elapsed().as_secs_f64();
@@ -198,10 +209,10 @@ fn measure(
     if !importer.wait()?.success() {
         bail!("the importer failed; see its output above");
     }
-    if !caught_up {
+    let held = count();
+    if !caught_up || held != o.products {
         bail!(
-            "the catalog holds {} of {} products after an hour",
-            count(),
+            "the catalog holds {held} of {} products (caught up: {caught_up})",
             o.products
         );
     }
@@ -304,6 +315,24 @@ fn measure(
         freshness,
         orders,
     })
+}
+
+/// `catalog_events_applied_total{stream}` from the catalog's /metrics (0
+/// when it cannot be read yet).
+fn applied_events(metrics_addr: &str, stream: &str) -> u64 {
+    let Ok(out) = cmd::output(
+        Command::new("curl").args(["-fsS", "-m", "5", &format!("http://{metrics_addr}/metrics")]),
+        "reading the catalog's /metrics",
+        "is the catalog running?",
+    ) else {
+        return 0;
+    };
+    let needle = format!("stream=\"{stream}\"");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("catalog_events_applied_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// The cumulative buckets `(le, count)` of the reservations' freshness.

@@ -65,6 +65,17 @@ impl TestApp {
             .map(|r| r.into_inner().product.expect("product"))
     }
 
+    /// GetCatalogProduct of any string.
+    pub async fn get_raw(&self, product_id: &str) -> Result<pb::CatalogProduct, tonic::Status> {
+        self.client
+            .clone()
+            .get_catalog_product(pb::GetCatalogProductRequest {
+                product_id: product_id.to_owned(),
+            })
+            .await
+            .map(|r| r.into_inner().product.expect("product"))
+    }
+
     pub async fn search(
         &self,
         req: pb::SearchProductsRequest,

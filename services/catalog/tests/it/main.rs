@@ -9,5 +9,6 @@
 mod helpers;
 
 mod apply;
+mod hostile;
 mod rebuild;
 mod search;
