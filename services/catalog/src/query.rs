@@ -102,10 +102,23 @@ impl Query {
     /// The query in `to_tsquery` syntax, e.g.
     /// `('red' | 'blue') & !'wool' & 'sock':*`.
     pub fn to_tsquery(&self) -> String {
+        self.render(None)
+    }
+
+    /// [`Self::to_tsquery`] with every word a product must hold required in
+    /// its name (weight A: `'lamp':A`); exclusions still apply anywhere.
+    pub fn to_tsquery_in_names(&self) -> String {
+        self.render(Some('A'))
+    }
+
+    fn render(&self, weight: Option<char>) -> String {
         self.clauses
             .iter()
             .map(|alternatives| {
-                let parts: Vec<String> = alternatives.iter().map(term_tsquery).collect();
+                let parts: Vec<String> = alternatives
+                    .iter()
+                    .map(|t| term_tsquery(t, weight))
+                    .collect();
                 if parts.len() == 1 {
                     parts.concat()
                 } else {
@@ -139,25 +152,37 @@ impl Query {
             .flatten()
             .filter(|t| t.negated)
             .map(|t| {
-                term_tsquery(&Term {
-                    negated: false,
-                    ..t.clone()
-                })
+                term_tsquery(
+                    &Term {
+                        negated: false,
+                        ..t.clone()
+                    },
+                    None,
+                )
             })
             .collect();
         (!excluded.is_empty()).then(|| excluded.join(" | "))
     }
 }
 
-fn term_tsquery(t: &Term) -> String {
+/// One term; `weight` (of a positive term) restricts its words to the
+/// fields of that weight.
+fn term_tsquery(t: &Term, weight: Option<char>) -> String {
     let last = t.words.len().saturating_sub(1);
+    let weight = weight.filter(|_| !t.negated);
     let words: Vec<String> = t
         .words
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let star = if t.prefix && i == last { ":*" } else { "" };
-            format!("'{w}'{star}")
+            let star = if t.prefix && i == last { "*" } else { "" };
+            match (star, weight) {
+                ("", None) => format!("'{w}'"),
+                (star, weight) => format!(
+                    "'{w}':{star}{}",
+                    weight.map(String::from).unwrap_or_default()
+                ),
+            }
         })
         .collect();
     let body = if words.len() == 1 {
@@ -250,6 +275,13 @@ mod tests {
         assert_eq!(ts("OR mug OR OR "), "'mug'");
         // Lowercase "or" is a word.
         assert_eq!(ts("black or white "), "'black' & 'or' & 'white'");
+    }
+
+    #[test]
+    fn names_only_weights_the_words_a_product_must_hold() {
+        let q = Query::parse("oak -brass headph").unwrap();
+        assert_eq!(q.to_tsquery_in_names(), "'oak':A & !'brass' & 'headph':*A");
+        assert_eq!(q.to_tsquery(), "'oak' & !'brass' & 'headph':*");
     }
 
     #[test]

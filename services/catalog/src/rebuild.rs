@@ -149,9 +149,19 @@ struct Progress {
     pages: Option<i64>,
 }
 
+#[derive(QueryableByName)]
+struct Generation {
+    #[diesel(sql_type = sql_types::Integer)]
+    generation: i32,
+}
+
 impl Handler for ApplySnapshot {
     type Event = CatalogSnapshot;
     const NAME: &'static str = "apply-snapshot";
+    /// Pages hold disjoint products; two at a time, a few per batch (each
+    /// carries 1,000).
+    const CONCURRENCY: Option<usize> = Some(2);
+    const BATCH_SIZE: Option<usize> = Some(8);
 
     async fn handle(
         &self,
@@ -160,28 +170,20 @@ impl Handler for ApplySnapshot {
     ) -> HandlerResult {
         let e = &event.data;
         let n = i64::try_from(e.products.len()).unwrap_or(i64::MAX);
-        // Counted under the generation's row lock, so two pages applied at
-        // once cannot both miss the switch.
-        let progress: Option<Progress> = diesel::sql_query(
-            "UPDATE catalog_generations SET pages_applied = pages_applied + 1, \
-               products_applied = products_applied + $3, products_total = $4, \
-               pages = CASE WHEN $5 THEN $6 ELSE pages END, updated_at = now() \
-             WHERE generation = $1 AND rebuild_id = $2 AND state = 'BUILDING' \
-             RETURNING pages_applied, pages",
+        let running: Option<i32> = diesel::sql_query(
+            "SELECT generation FROM catalog_generations \
+             WHERE generation = $1 AND rebuild_id = $2 AND state = 'BUILDING'",
         )
         .bind::<sql_types::Integer, _>(e.generation)
         .bind::<sql_types::Uuid, _>(e.rebuild_id)
-        .bind::<sql_types::BigInt, _>(n)
-        .bind::<sql_types::BigInt, _>(e.total)
-        .bind::<sql_types::Bool, _>(e.last)
-        .bind::<sql_types::BigInt, _>(e.page + 1)
-        .get_result(conn)
+        .get_result::<Generation>(conn)
         .await
-        .optional()?;
-        let Some(progress) = progress else {
+        .optional()?
+        .map(|g| g.generation);
+        if running.is_none() {
             tracing::info!(rebuild.id = %e.rebuild_id, page = e.page, "snapshot page of a rebuild that is not running: ignored");
             return Ok(());
-        };
+        }
         let products = e
             .products
             .iter()
@@ -201,7 +203,29 @@ impl Handler for ApplySnapshot {
                 },
             })
             .collect();
+        // Pages are applied two at a time; only the count below waits for
+        // the other's commit (the generation's row lock), so the two cannot
+        // both miss the switch.
         apply::products(conn, Target::Generation(e.generation), products).await?;
+        let progress: Option<Progress> = diesel::sql_query(
+            "UPDATE catalog_generations SET pages_applied = pages_applied + 1, \
+               products_applied = products_applied + $3, products_total = $4, \
+               pages = CASE WHEN $5 THEN $6 ELSE pages END, updated_at = now() \
+             WHERE generation = $1 AND rebuild_id = $2 AND state = 'BUILDING' \
+             RETURNING pages_applied, pages",
+        )
+        .bind::<sql_types::Integer, _>(e.generation)
+        .bind::<sql_types::Uuid, _>(e.rebuild_id)
+        .bind::<sql_types::BigInt, _>(n)
+        .bind::<sql_types::BigInt, _>(e.total)
+        .bind::<sql_types::Bool, _>(e.last)
+        .bind::<sql_types::BigInt, _>(e.page + 1)
+        .get_result(conn)
+        .await
+        .optional()?;
+        let Some(progress) = progress else {
+            return Ok(());
+        };
         if progress.pages == Some(progress.pages_applied) {
             switch(conn, e.generation).await?;
             tracing::info!(rebuild.id = %e.rebuild_id, generation = e.generation, pages = progress.pages_applied, "catalog rebuilt: searches read the new generation");

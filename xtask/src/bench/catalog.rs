@@ -50,7 +50,7 @@ const QUERIES: [(&str, &str); 9] = [
     ("OR", "ceramic OR glass vase "),
     ("exclusion", "linen cushion -velvet "),
     ("category word", "kitchen teapot "),
-    ("typo", "tealpot "),
+    ("typo", "lanterm "),
     ("empty (browse by name)", ""),
 ];
 

@@ -61,6 +61,17 @@ pub trait Handler: Send + Sync + 'static {
     /// forgets which messages were processed.
     const NAME: &'static str;
 
+    /// Transactions in flight on this handler's queue, instead of
+    /// `CONSUMER_CONCURRENCY`: a bulk handler whose batches touch disjoint
+    /// rows and whose effect does not depend on their order may run more
+    /// than one, so that a backlog of large messages uses more than one
+    /// database backend.
+    const CONCURRENCY: Option<usize> = None;
+    /// Deliveries per batch, instead of `CONSUMER_BATCH_SIZE`: a handler
+    /// whose messages each carry thousands of rows takes fewer, so that a
+    /// transaction stays short.
+    const BATCH_SIZE: Option<usize> = None;
+
     /// Applies `event` on `conn`, which is inside the transaction that also
     /// holds the inbox row; append outbox rows on the same `conn`. Must not
     /// commit or roll back itself.

@@ -43,6 +43,9 @@ type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A handler with its types erased, so one runtime holds them all.
 pub(crate) trait Route: Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    /// The consumer settings of this queue: the service's, with the
+    /// handler's own concurrency and batch size where it has them.
+    fn tune(&self, config: &ConsumerConfig) -> ConsumerConfig;
     fn producer(&self) -> &'static str;
     fn routing_key(&self) -> &'static str;
     /// Handles deliveries of its queue to their end (one transaction for
@@ -59,6 +62,17 @@ pub(crate) fn route<H: Handler>(handler: H) -> Arc<dyn Route> {
 impl<H: Handler> Route for HandlerRoute<H> {
     fn name(&self) -> &'static str {
         H::NAME
+    }
+
+    fn tune(&self, config: &ConsumerConfig) -> ConsumerConfig {
+        let mut tuned = config.clone();
+        if let Some(n) = H::CONCURRENCY {
+            tuned.concurrency = n.max(1);
+        }
+        if let Some(n) = H::BATCH_SIZE {
+            tuned.batch_size = n.max(1);
+        }
+        tuned
     }
 
     fn producer(&self) -> &'static str {
@@ -558,7 +572,7 @@ impl Runtime {
                 context: Arc::new(QueueContext {
                     queues: queues.clone(),
                     pool: self.pool.clone(),
-                    config: self.config.clone(),
+                    config: Arc::new(route.tune(&self.config)),
                     metrics: self.metrics.clone(),
                     republisher: republisher.clone(),
                     broken: broken.clone(),
