@@ -77,11 +77,21 @@ CREATE TABLE catalog_products_g1 PARTITION OF catalog_products FOR VALUES IN (1)
 
 -- Every index costs each applied product (measured: 100,000 products in
 -- 3.5 s with a trigram index over name, category and tags and B-trees for
--- sorting by price and filtering by category; 2.4 s with these): filters and
--- sorts other than the default run over what the query matched.
+-- sorting by price and filtering by category; 2.4 s with these, 1.9 s
+-- without the trigram index): filters and sorts other than the default run
+-- over what the query matched.
 CREATE INDEX catalog_products_search ON catalog_products USING gin (search);
--- Typo tolerance: trigram similarity of a query word to the name's words
--- (pg_trgm compares lowercase).
-CREATE INDEX catalog_products_name_trigrams ON catalog_products USING gin (name gin_trgm_ops);
 -- Browsing without a query, by name.
 CREATE INDEX catalog_products_by_name ON catalog_products (generation, name, product_id);
+
+-- Typo tolerance: every word (3 letters or more, lowercase) of the names,
+-- categories and tags applied so far, with a trigram index. A query whose
+-- words find nothing is searched again with each word replaced by its most
+-- similar one here: a lookup in a table of distinct words instead of a
+-- trigram match over every product's name (36 ms for one word over
+-- 1,000,000 names). Shared by the generations: a word no product holds any
+-- more only suggests a search that finds nothing.
+CREATE TABLE catalog_words (
+    word text PRIMARY KEY
+);
+CREATE INDEX catalog_words_trigrams ON catalog_words USING gin (word gin_trgm_ops);

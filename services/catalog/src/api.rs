@@ -36,7 +36,7 @@ impl CatalogService for CatalogApi {
         req: Request<pb::SearchProductsRequest>,
     ) -> Result<Response<pb::SearchProductsResponse>, Status> {
         let search = request::search(req.get_ref())?;
-        let (mut hits, fuzzy) = store::search(&self.pool, &search).await?;
+        let (mut hits, corrected) = store::search(&self.pool, &search).await?;
         let more = hits.len() as i64 > search.page_size;
         hits.truncate(usize::try_from(search.page_size).unwrap_or(0));
         Ok(Response::new(pb::SearchProductsResponse {
@@ -53,7 +53,8 @@ impl CatalogService for CatalogApi {
             } else {
                 String::new()
             },
-            fuzzy,
+            fuzzy: corrected.is_some(),
+            corrected_query: corrected.map(|q| q.to_string()).unwrap_or_default(),
         }))
     }
 

@@ -153,6 +153,7 @@ pub async fn products(
     if products.is_empty() {
         return Ok(());
     }
+    remember_words(conn, &products).await?;
     let ids: Vec<Uuid> = products.iter().map(|p| p.product_id).collect();
     let skus: Vec<&str> = products.iter().map(|p| p.sku.as_str()).collect();
     let names: Vec<&str> = products.iter().map(|p| p.name.as_str()).collect();
@@ -184,6 +185,33 @@ pub async fn products(
         .cached()
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Adds the words of the products' names, categories and tags to the
+/// words typo tolerance corrects to (`catalog_words`), in order (the lock
+/// order of concurrent batches).
+async fn remember_words(conn: &mut AsyncPgConnection, products: &[Product]) -> QueryResult<()> {
+    let words: std::collections::BTreeSet<String> = products
+        .iter()
+        .flat_map(|p| {
+            crate::query::words(&p.name)
+                .chain(p.category.iter().flat_map(|c| crate::query::words(c)))
+                .chain(p.tags.iter().flat_map(|t| crate::query::words(t)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if words.is_empty() {
+        return Ok(());
+    }
+    let words: Vec<String> = words.into_iter().collect();
+    diesel::sql_query(
+        "INSERT INTO catalog_words (word) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind::<Array<Text>, _>(&words)
+    .cached()
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -129,40 +129,94 @@ impl Query {
             .join(" & ")
     }
 
-    /// The words a product must hold, lowercase (for typo tolerance:
-    /// excluded words and alternatives are left out, since similarity has no
-    /// OR or NOT).
-    pub fn required_words(&self) -> Vec<String> {
-        self.clauses
-            .iter()
-            .filter(|alternatives| alternatives.len() == 1)
-            .flatten()
-            .filter(|t| !t.negated)
-            .flat_map(|t| t.words.iter().map(|w| w.to_lowercase()))
-            .collect()
-    }
-
-    /// Only the excluded terms, in `to_tsquery` syntax, positive (`'wool' |
-    /// 'silk'`), or `None` when nothing is excluded.
-    pub fn exclusions_tsquery(&self) -> Option<String> {
-        let excluded: Vec<String> = self
+    /// The words a product must hold or may hold (not the excluded ones),
+    /// lowercase, each once: what typo tolerance may correct.
+    pub fn searched_words(&self) -> Vec<String> {
+        let mut words: Vec<String> = Vec::new();
+        for w in self
             .clauses
             .iter()
-            .filter(|alternatives| alternatives.len() == 1)
             .flatten()
-            .filter(|t| t.negated)
-            .map(|t| {
-                term_tsquery(
-                    &Term {
-                        negated: false,
-                        ..t.clone()
-                    },
-                    None,
-                )
+            .filter(|t| !t.negated)
+            .flat_map(|t| t.words.iter())
+        {
+            if !words.contains(w) {
+                words.push(w.clone());
+            }
+        }
+        words
+    }
+
+    /// The query with words replaced (`(typed, instead)` pairs), or `None`
+    /// when none of them is in it. A corrected word is whole: no longer a
+    /// prefix.
+    pub fn corrected(&self, corrections: &[(String, String)]) -> Option<Self> {
+        let mut changed = false;
+        let clauses = self
+            .clauses
+            .iter()
+            .map(|alternatives| {
+                alternatives
+                    .iter()
+                    .map(|t| {
+                        let mut t = t.clone();
+                        if t.negated {
+                            return t;
+                        }
+                        let last = t.words.len().saturating_sub(1);
+                        for (i, w) in t.words.iter_mut().enumerate() {
+                            if let Some((_, instead)) =
+                                corrections.iter().find(|(typed, _)| typed == w)
+                            {
+                                *w = instead.clone();
+                                changed = true;
+                                if i == last {
+                                    t.prefix = false;
+                                }
+                            }
+                        }
+                        t
+                    })
+                    .collect()
             })
             .collect();
-        (!excluded.is_empty()).then(|| excluded.join(" | "))
+        changed.then_some(Self { clauses })
     }
+}
+
+/// The query as a user could type it again: `"studio lamp" -brass red OR blue`.
+impl std::fmt::Display for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let clauses: Vec<String> = self
+            .clauses
+            .iter()
+            .map(|alternatives| {
+                alternatives
+                    .iter()
+                    .map(|t| {
+                        let words = t.words.join(" ");
+                        let body = if t.words.len() > 1 {
+                            format!("\"{words}\"")
+                        } else {
+                            words
+                        };
+                        if t.negated { format!("-{body}") } else { body }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            })
+            .collect();
+        f.write_str(&clauses.join(" "))
+    }
+}
+
+/// The words of `text` that typo tolerance can correct a query word to:
+/// letters and digits, lowercase, three characters or more (shorter ones
+/// have too few trigrams to compare).
+pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.chars().count() >= 3)
+        .map(str::to_lowercase)
 }
 
 /// One term; `weight` (of a positive term) restricts its words to the
@@ -326,9 +380,31 @@ mod tests {
     }
 
     #[test]
-    fn required_words_and_exclusions_for_typo_tolerance() {
-        let q = Query::parse("Headphnes -wired red OR blue \"studio grade").unwrap();
-        assert_eq!(q.required_words(), ["headphnes", "studio", "grade"]);
-        assert_eq!(q.exclusions_tsquery().as_deref(), Some("'wired'"));
+    fn typo_tolerance_corrects_the_searched_words() {
+        let q = Query::parse("Headphnes -wired red OR blu \"studio lamp\" headph").unwrap();
+        assert_eq!(
+            q.searched_words(),
+            ["headphnes", "red", "blu", "studio", "lamp", "headph"]
+        );
+        let fixed = q
+            .corrected(&[
+                ("headphnes".into(), "headphones".into()),
+                ("blu".into(), "blue".into()),
+                ("headph".into(), "headphones".into()),
+            ])
+            .unwrap();
+        assert_eq!(
+            fixed.to_string(),
+            "headphones -wired red OR blue \"studio lamp\" headphones"
+        );
+        assert!(
+            fixed.to_tsquery().ends_with("'headphones'"),
+            "no longer a prefix"
+        );
+        assert_eq!(q.corrected(&[("mug".into(), "mugs".into())]), None);
+        assert_eq!(
+            words("Oak-desk, 2 XL lamps").collect::<Vec<_>>(),
+            ["oak", "desk", "lamps"]
+        );
     }
 }

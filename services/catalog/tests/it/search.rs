@@ -111,6 +111,7 @@ async fn typos_find_similar_words_when_the_words_as_typed_find_nothing() {
     let app = stocked().await;
     let page = app.search(req("headphnes ")).await.unwrap();
     assert!(page.fuzzy);
+    assert_eq!(page.corrected_query, "headphones");
     let names: Vec<String> = page
         .hits
         .into_iter()
