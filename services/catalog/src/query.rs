@@ -332,13 +332,6 @@ mod tests {
     }
 
     #[test]
-    fn names_only_weights_the_words_a_product_must_hold() {
-        let q = Query::parse("oak -brass headph").unwrap();
-        assert_eq!(q.to_tsquery_in_names(), "'oak':A & !'brass' & 'headph':*A");
-        assert_eq!(q.to_tsquery(), "'oak' & !'brass' & 'headph':*");
-    }
-
-    #[test]
     fn the_word_being_typed_matches_as_a_prefix() {
         assert_eq!(ts("studio headph"), "'studio' & 'headph':*");
         assert_eq!(ts("studio headph "), "'studio' & 'headph'");

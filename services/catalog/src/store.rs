@@ -161,11 +161,8 @@ impl Sql {
 /// How a search matches: the query's words, similar words, or everything.
 enum Matching {
     All,
-    /// The query's tsquery, and the same with the words required in names.
-    Words {
-        all: String,
-        names: String,
-    },
+    /// The query's tsquery.
+    Words(String),
 }
 
 impl Matching {
@@ -177,7 +174,7 @@ impl Matching {
                     sql.push("0::float8 AS relevance, ");
                 }
             }
-            Self::Words { all, .. } => {
+            Self::Words(all) => {
                 if relevance {
                     sql.push("ts_rank(p.search, to_tsquery('english', ")
                         .bind(Bind::Text(all.clone()))
@@ -191,9 +188,15 @@ impl Matching {
     fn condition(&self, sql: &mut Sql, in_names: bool) {
         match self {
             Self::All => {}
-            Self::Words { all, names } => {
+            Self::Words(all) => {
+                if in_names {
+                    sql.push(" AND p.name_search @@ to_tsquery('english', ")
+                        .bind(Bind::Text(all.clone()))
+                        .push(")");
+                }
+                // Also for name candidates: an excluded word counts anywhere.
                 sql.push(" AND p.search @@ to_tsquery('english', ")
-                    .bind(Bind::Text(if in_names { names } else { all }.clone()))
+                    .bind(Bind::Text(all.clone()))
                     .push(")");
             }
         }
@@ -204,10 +207,7 @@ fn matching(query: &Query) -> Matching {
     if query.is_empty() {
         Matching::All
     } else {
-        Matching::Words {
-            all: query.to_tsquery(),
-            names: query.to_tsquery_in_names(),
-        }
+        Matching::Words(query.to_tsquery())
     }
 }
 
@@ -333,7 +333,7 @@ async fn search_with(
     let capped = search.sort == Sort::Relevance && !matches!(how, Matching::All);
     let cap = CANDIDATES.max(search.offset + search.page_size + 1);
     if capped {
-        if matches!(how, Matching::Words { .. }) {
+        if matches!(how, Matching::Words(_)) {
             sql.push("(");
             candidates(&mut sql, how, &search.filters, true, Some(cap));
             sql.push(") UNION ");
@@ -357,7 +357,7 @@ async fn search_with(
         .bind(Bind::BigInt(search.offset))
         .push(") SELECT page.*, ");
     match how {
-        Matching::Words { all, .. } => {
+        Matching::Words(all) => {
             sql.push("ts_headline('english', page.text, to_tsquery('english', ")
                 .bind(Bind::Text(all.clone()))
                 .push("), ")
