@@ -39,6 +39,27 @@ pub struct Product {
     pub stamp: Stamp,
 }
 
+impl Product {
+    /// A product of an import chunk or a snapshot page, as of `time`.
+    pub fn imported(p: &orderflow_events::inventory::ImportedProduct, time: DateTime<Utc>) -> Self {
+        Self {
+            product_id: p.product_id,
+            sku: p.sku.clone(),
+            name: p.name.clone(),
+            description: p.description.clone(),
+            category: p.category.clone(),
+            tags: p.tags.clone(),
+            currency: p.currency.clone(),
+            unit_price_minor: p.unit_price_minor,
+            on_hand: p.on_hand,
+            stamp: Stamp {
+                version: p.version,
+                time,
+            },
+        }
+    }
+}
+
 /// A product's stock alone (reservations, releases, adjustments).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stock {

@@ -135,22 +135,13 @@ impl CatalogEvent for StockImported {
     const BATCH_SIZE: Option<usize> = Some(4);
 
     fn changes(event: &CloudEvent<Self>, into: &mut Changes) {
-        into.products
-            .extend(event.data.products.iter().map(|p| Product {
-                product_id: p.product_id,
-                sku: p.sku.clone(),
-                name: p.name.clone(),
-                description: p.description.clone(),
-                category: p.category.clone(),
-                tags: p.tags.clone(),
-                currency: p.currency.clone(),
-                unit_price_minor: p.unit_price_minor,
-                on_hand: p.on_hand,
-                stamp: Stamp {
-                    version: p.version,
-                    time: event.time,
-                },
-            }));
+        into.products.extend(
+            event
+                .data
+                .products
+                .iter()
+                .map(|p| Product::imported(p, event.time)),
+        );
     }
 }
 

@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 use crate::{
     EVENT_SOURCE,
-    apply::{self, Product, Stamp, Target},
+    apply::{self, Product, Target},
     store::CatalogError,
 };
 
@@ -187,21 +187,7 @@ impl Handler for ApplySnapshot {
         let products = e
             .products
             .iter()
-            .map(|p| Product {
-                product_id: p.product_id,
-                sku: p.sku.clone(),
-                name: p.name.clone(),
-                description: p.description.clone(),
-                category: p.category.clone(),
-                tags: p.tags.clone(),
-                currency: p.currency.clone(),
-                unit_price_minor: p.unit_price_minor,
-                on_hand: p.on_hand,
-                stamp: Stamp {
-                    version: p.version,
-                    time: event.time,
-                },
-            })
+            .map(|p| Product::imported(p, event.time))
             .collect();
         // Pages are applied two at a time; only the count below waits for
         // the other's commit (the generation's row lock), so the two cannot

@@ -52,10 +52,12 @@ fn ilike_patterns(query: &str) -> Vec<String> {
         .split_whitespace()
         .filter(|w| !w.starts_with('-') && *w != "OR")
         .map(|w| {
-            let w: String = w.chars().filter(|c| c.is_alphanumeric()).collect();
-            format!("%{w}%")
+            w.chars()
+                .filter(|c| c.is_alphanumeric())
+                .collect::<String>()
         })
-        .filter(|p| p.len() > 2)
+        .filter(|w| !w.is_empty())
+        .map(|w| format!("%{w}%"))
         .collect()
 }
 
@@ -173,8 +175,8 @@ mod tests {
     #[test]
     fn the_baseline_keeps_the_words_a_name_must_hold() {
         assert_eq!(
-            ilike_patterns("oak \"desk lamp\" -brass OR x"),
-            ["%oak%", "%desk%", "%lamp%"]
+            ilike_patterns("oak \"desk lamp\" -brass OR \" x"),
+            ["%oak%", "%desk%", "%lamp%", "%x%"]
         );
     }
 }
