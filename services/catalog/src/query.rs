@@ -211,12 +211,17 @@ impl std::fmt::Display for Query {
 }
 
 /// The words of `text` that typo tolerance can correct a query word to:
-/// letters and digits, lowercase, three characters or more (shorter ones
-/// have too few trigrams to compare).
+/// letters and digits, lowercase, three characters or more.
 pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
     text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.chars().count() >= 3)
+        .filter(|w| correctable(w))
         .map(str::to_lowercase)
+}
+
+/// Three characters or more: shorter words have too few trigrams to
+/// compare.
+pub fn correctable(word: &str) -> bool {
+    word.chars().count() >= 3
 }
 
 /// One term; `weight` (of a positive term) restricts its words to the

@@ -158,7 +158,7 @@ impl Sql {
     }
 }
 
-/// How a search matches: the query's words, similar words, or everything.
+/// How a search matches: the query's words, or everything.
 enum Matching {
     All,
     /// The query's tsquery.
@@ -166,24 +166,21 @@ enum Matching {
 }
 
 impl Matching {
-    /// The `WHERE` conditions (after `AND`) and the relevance expression.
-    fn write(&self, sql: &mut Sql, relevance: bool) {
+    /// The relevance column.
+    fn relevance(&self, sql: &mut Sql) {
         match self {
             Self::All => {
-                if relevance {
-                    sql.push("0::float8 AS relevance, ");
-                }
+                sql.push("0::float8 AS relevance, ");
             }
             Self::Words(all) => {
-                if relevance {
-                    sql.push("ts_rank(p.search, to_tsquery('english', ")
-                        .bind(Bind::Text(all.clone()))
-                        .push("))::float8 AS relevance, ");
-                }
+                sql.push("ts_rank(p.search, to_tsquery('english', ")
+                    .bind(Bind::Text(all.clone()))
+                    .push("))::float8 AS relevance, ");
             }
         }
     }
 
+    /// The `WHERE` conditions (after `AND`).
     /// `in_names`: the words must be in the name (the first candidates).
     fn condition(&self, sql: &mut Sql, in_names: bool) {
         match self {
@@ -239,7 +236,7 @@ const CANDIDATES: i64 = 300;
 /// snippet's text; at most `cap`.
 fn candidates(sql: &mut Sql, how: &Matching, filters: &Filters, in_names: bool, cap: Option<i64>) {
     sql.push("SELECT ").push(ENTRY_COLUMNS).push(", ");
-    how.write(sql, true);
+    how.relevance(sql);
     sql.push("concat_ws(' — ', p.name, p.description) AS text FROM catalog_products p WHERE ")
         .push(VISIBLE);
     how.condition(sql, in_names);
@@ -291,7 +288,7 @@ async fn correct(
     let typed: Vec<String> = query
         .searched_words()
         .into_iter()
-        .filter(|w| crate::query::words(w).next().is_some())
+        .filter(|w| crate::query::correctable(w))
         .collect();
     if typed.is_empty() {
         return Ok(None);

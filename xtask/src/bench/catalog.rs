@@ -278,15 +278,27 @@ fn measure(
         .trim()
         .parse()
         .unwrap_or(0);
-    // Until every reservation the orders caused is applied.
-    poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
-        query(
+    // Until every reservation the orders caused is applied: the catalog
+    // counted as many as inventory wrote once no order is PENDING.
+    let settled = poll_until(Duration::from_secs(60), Duration::from_millis(200), || {
+        let pending = query(
             "SELECT count(*) FROM orders WHERE status = 'PENDING'",
             &layout.database("order"),
-        )
-        .is_ok_and(|s| s.trim() == "0")
+        );
+        let written = query(
+            "SELECT count(*) FROM outbox WHERE event_type = 'inventory.reserved'",
+            &layout.database("inventory"),
+        );
+        match (pending, written) {
+            (Ok(p), Ok(w)) if p.trim() == "0" => w.trim().parse::<u64>().is_ok_and(|w| {
+                applied_events(&layout.metrics_addr("catalog"), "inventory.reserved") >= w
+            }),
+            _ => false,
+        }
     });
-    std::thread::sleep(Duration::from_secs(1));
+    if !settled {
+        bail!("the orders' reservations did not all reach the catalog within 60 s");
+    }
     let after = freshness_buckets(&layout.metrics_addr("catalog"))?;
     let window: Vec<(f64, u64)> = after
         .iter()
